@@ -1,0 +1,177 @@
+import { CONFIG_DOC, type Config, ConfigError, loadConfig } from '../config.ts';
+import type { Roles } from '../main.ts';
+import { createLogger, type Logger } from '../shared/logger.ts';
+
+const COMMANDS: Record<string, { summary: string; usage: string }> = {
+  start: {
+    summary:
+      'Run everything in one process: database (embedded unless DATABASE_URL), migrations, API and worker',
+    usage: 'credence start',
+  },
+  api: { summary: 'Run the HTTP API only', usage: 'credence api' },
+  worker: {
+    summary: 'Run a job worker only (start as many as you like against one database)',
+    usage: 'credence worker',
+  },
+  migrate: { summary: 'Apply pending database migrations (idempotent)', usage: 'credence migrate' },
+  'operator-key': {
+    summary: 'Create a new operator API key (for an operator who lost the bootstrap key)',
+    usage: 'credence operator-key [name]',
+  },
+};
+
+function configHelp(): string {
+  const width = Math.max(...CONFIG_DOC.map((d) => d.variable.length));
+  return CONFIG_DOC.map(
+    (d) => `  ${d.variable.padEnd(width)}  ${d.meaning} (default: ${d.default})`,
+  ).join('\n');
+}
+
+function help(command?: string): string {
+  if (command !== undefined && COMMANDS[command] !== undefined) {
+    const c = COMMANDS[command];
+    return `Usage: ${c.usage}\n\n${c.summary}.\n\nConfiguration (environment variables):\n${configHelp()}\n`;
+  }
+  const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
+  return `Credence — SMS that stays correct when things go wrong.
+
+Usage: credence <command> [--help]
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`)
+  .join('\n')}
+
+Configuration (environment variables):
+${configHelp()}
+`;
+}
+
+function banner(url: string | undefined, roles: Roles, operatorKey: string | undefined): string {
+  const lines = ['', 'Credence is running.'];
+  if (url !== undefined) {
+    lines.push(
+      `  API:      ${url}`,
+      `  Docs:     ${url}/docs  (OpenAPI: ${url}/openapi.json)`,
+      `  Health:   ${url}/healthz`,
+    );
+  }
+  if (roles.worker) lines.push('  Worker:   running');
+  if (operatorKey !== undefined) {
+    lines.push(
+      '',
+      'Bootstrap operator API key (shown once, store it now):',
+      `  ${operatorKey}`,
+      '',
+      'Try:',
+      `  curl -H "Authorization: Bearer ${operatorKey}" ${url ?? ''}/v1/me`,
+    );
+  }
+  lines.push('', 'Press Ctrl-C to stop.', '');
+  return lines.join('\n');
+}
+
+async function serve(config: Config, log: Logger, roles: Roles): Promise<number> {
+  const { startCredence } = await import('../main.ts');
+  const running = await startCredence(config, log, roles);
+  process.stdout.write(banner(running.url, roles, running.operatorKey?.key));
+  return new Promise<number>((resolve) => {
+    let shuttingDown = false;
+    const shutdown = (reason: string, code: number) => {
+      if (shuttingDown) {
+        if (reason === 'component failure') return;
+        log.warn('second signal: stopping now');
+        void running.database.embedded?.stop('fast').finally(() => resolve(130));
+        return;
+      }
+      shuttingDown = true;
+      log.info({ reason }, 'shutting down');
+      const timer = setTimeout(() => {
+        log.error({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown timed out');
+        void running.database.embedded?.stop('fast').finally(() => resolve(1));
+      }, config.shutdownTimeoutMs);
+      void running.stop().then(() => {
+        clearTimeout(timer);
+        log.info('stopped');
+        resolve(code);
+      });
+    };
+    process.on('SIGINT', () => shutdown('SIGINT', 0));
+    process.on('SIGTERM', () => shutdown('SIGTERM', 0));
+    void running.failed.then((err) => {
+      if (shuttingDown) return;
+      log.fatal({ err }, 'a component failed');
+      shutdown('component failure', 1);
+    });
+  });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command = 'start', ...rest] = argv;
+  if (command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(help(rest[0]));
+    return 0;
+  }
+  if (COMMANDS[command] === undefined) {
+    process.stderr.write(`Unknown command "${command}".\n\n${help()}`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(help(command));
+    return 0;
+  }
+
+  let config: Config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`credence: ${err.message}\n`);
+      return 78; // EX_CONFIG
+    }
+    throw err;
+  }
+  const log = createLogger(config.logLevel);
+
+  switch (command) {
+    case 'start':
+      return serve(config, log, { api: true, worker: true });
+    case 'api':
+      return serve(config, log, { api: true, worker: false });
+    case 'worker':
+      return serve(config, log, { api: false, worker: true });
+    case 'migrate': {
+      const { openDatabase } = await import('../main.ts');
+      const { migrate } = await import('../db/migrate.ts');
+      const database = await openDatabase(config, log);
+      try {
+        const result = await migrate(database.pool);
+        process.stdout.write(
+          `Migrations: ${result.applied.length} applied${result.applied.length ? ` (${result.applied.join(', ')})` : ''}, ${result.alreadyApplied} already applied.\n`,
+        );
+        return 0;
+      } finally {
+        await database.close();
+      }
+    }
+    case 'operator-key': {
+      const { openDatabase } = await import('../main.ts');
+      const { migrate } = await import('../db/migrate.ts');
+      const { createOperatorKeyFromCli } = await import('../tenancy/index.ts');
+      const database = await openDatabase(config, log);
+      try {
+        await migrate(database.pool);
+        const created = await createOperatorKeyFromCli(
+          database.db,
+          rest[0] ?? 'operator key (cli)',
+        );
+        process.stdout.write(`New operator API key (shown once):\n  ${created.key}\n`);
+        return 0;
+      } finally {
+        await database.close();
+      }
+    }
+    default:
+      return 2;
+  }
+}

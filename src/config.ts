@@ -1,0 +1,153 @@
+import path from 'node:path';
+
+/**
+ * Configuration is read from the environment once, at start-up, against one
+ * typed schema. Every problem is collected and reported together, each naming
+ * the variable and what is wrong, so a bad deployment fails before it serves.
+ */
+export interface Config {
+  /** External PostgreSQL; when absent Credence runs its own embedded server. */
+  databaseUrl: string | undefined;
+  /** Where the embedded database and local state live. */
+  home: string;
+  host: string;
+  port: number;
+  /** The URL the outside world uses to reach this API (webhook signatures). */
+  publicUrl: string;
+  logLevel: LogLevel;
+  workerConcurrency: number;
+  embeddedPgPort: number;
+  dbPoolSize: number;
+  shutdownTimeoutMs: number;
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+const LOG_LEVELS: readonly LogLevel[] = [
+  'fatal',
+  'error',
+  'warn',
+  'info',
+  'debug',
+  'trace',
+  'silent',
+];
+
+export class ConfigError extends Error {
+  readonly problems: { variable: string; problem: string }[];
+  constructor(problems: { variable: string; problem: string }[]) {
+    super(
+      `Invalid configuration:\n${problems.map((p) => `  ${p.variable}: ${p.problem}`).join('\n')}`,
+    );
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+type Env = Record<string, string | undefined>;
+type Parser<T> = (raw: string) => { ok: true; value: T } | { ok: false; problem: string };
+
+const integer =
+  (min: number, max: number): Parser<number> =>
+  (raw) => {
+    if (!/^-?\d+$/.test(raw.trim()))
+      return { ok: false, problem: `must be an integer, got "${raw}"` };
+    const n = Number(raw);
+    if (n < min || n > max)
+      return { ok: false, problem: `must be between ${min} and ${max}, got ${n}` };
+    return { ok: true, value: n };
+  };
+
+const url =
+  (protocols: string[]): Parser<string> =>
+  (raw) => {
+    try {
+      const u = new URL(raw);
+      if (!protocols.includes(u.protocol)) {
+        return { ok: false, problem: `must use ${protocols.join(' or ')}, got "${u.protocol}"` };
+      }
+      return { ok: true, value: raw };
+    } catch {
+      return { ok: false, problem: `must be a URL, got "${raw}"` };
+    }
+  };
+
+const oneOf =
+  <T extends string>(values: readonly T[]): Parser<T> =>
+  (raw) =>
+    (values as readonly string[]).includes(raw)
+      ? { ok: true, value: raw as T }
+      : { ok: false, problem: `must be one of ${values.join(', ')}, got "${raw}"` };
+
+const nonEmpty: Parser<string> = (raw) =>
+  raw.trim() === '' ? { ok: false, problem: 'must not be empty' } : { ok: true, value: raw };
+
+export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): Readonly<Config> {
+  const problems: { variable: string; problem: string }[] = [];
+
+  function read<T>(variable: string, parser: Parser<T>, fallback: T): T;
+  function read<T>(variable: string, parser: Parser<T>, fallback: undefined): T | undefined;
+  function read<T>(variable: string, parser: Parser<T>, fallback: T | undefined): T | undefined {
+    const raw = env[variable];
+    if (raw === undefined || raw === '') return fallback;
+    const result = parser(raw);
+    if (!result.ok) {
+      problems.push({ variable, problem: result.problem });
+      return fallback;
+    }
+    return result.value;
+  }
+
+  const port = read('PORT', integer(0, 65535), 3000);
+  const config: Config = {
+    databaseUrl: read('DATABASE_URL', url(['postgres:', 'postgresql:']), undefined),
+    home: path.resolve(cwd, read('CREDENCE_HOME', nonEmpty, '.credence')),
+    host: read('HOST', nonEmpty, '127.0.0.1'),
+    port,
+    publicUrl: read('PUBLIC_URL', url(['http:', 'https:']), `http://localhost:${port}`).replace(
+      /\/+$/,
+      '',
+    ),
+    logLevel: read('LOG_LEVEL', oneOf(LOG_LEVELS), 'info'),
+    workerConcurrency: read('WORKER_CONCURRENCY', integer(1, 200), 8),
+    embeddedPgPort: read('EMBEDDED_PG_PORT', integer(1024, 65535), 54329),
+    dbPoolSize: read('DB_POOL_SIZE', integer(2, 500), 20),
+    shutdownTimeoutMs: read('SHUTDOWN_TIMEOUT_MS', integer(100, 600_000), 15_000),
+  };
+
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(config);
+}
+
+/** The variables `loadConfig` reads, with their meaning and default, for `--help` and the README. */
+export const CONFIG_DOC: readonly { variable: string; default: string; meaning: string }[] = [
+  {
+    variable: 'DATABASE_URL',
+    default: '(embedded)',
+    meaning: 'PostgreSQL ≥ 14 to use instead of the embedded server',
+  },
+  {
+    variable: 'CREDENCE_HOME',
+    default: './.credence',
+    meaning: 'directory for the embedded database and local state',
+  },
+  { variable: 'HOST', default: '127.0.0.1', meaning: 'address the HTTP API listens on' },
+  { variable: 'PORT', default: '3000', meaning: 'port the HTTP API listens on' },
+  {
+    variable: 'PUBLIC_URL',
+    default: 'http://localhost:$PORT',
+    meaning: 'URL the outside world uses to reach the API (webhooks)',
+  },
+  { variable: 'LOG_LEVEL', default: 'info', meaning: LOG_LEVELS.join(' | ') },
+  { variable: 'WORKER_CONCURRENCY', default: '8', meaning: 'jobs one worker process runs at once' },
+  {
+    variable: 'EMBEDDED_PG_PORT',
+    default: '54329',
+    meaning: 'port of the embedded PostgreSQL (loopback only)',
+  },
+  { variable: 'DB_POOL_SIZE', default: '20', meaning: 'database connections per process' },
+  {
+    variable: 'SHUTDOWN_TIMEOUT_MS',
+    default: '15000',
+    meaning: 'how long a shutdown waits for in-flight work',
+  },
+];

@@ -1,0 +1,91 @@
+import { randomBytes } from 'node:crypto';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import addFormats from 'ajv-formats';
+import Fastify from 'fastify';
+import type pg from 'pg';
+import type { Config } from '../config.ts';
+import type { Db } from '../db/db.ts';
+import type { Logger } from '../shared/logger.ts';
+import { authHook } from './auth.ts';
+import { errorHandler, sendProblem } from './problem.ts';
+import { healthRoutes } from './routes/health.ts';
+import { tenancyRoutes } from './routes/tenancy.ts';
+import { Problem } from './schemas.ts';
+
+/** Everything the HTTP layer needs, passed in once (no Fastify decorators for services). */
+export interface AppDeps {
+  config: Pick<Config, 'publicUrl'>;
+  db: Db;
+  pool: pg.Pool;
+  log: Logger;
+}
+
+const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
+
+export async function buildApp(deps: AppDeps) {
+  const app = Fastify({
+    loggerInstance: deps.log,
+    // Honour a caller's X-Request-Id when it is sane, so one id follows a request across systems.
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID_RE.test(given)
+        ? given
+        : `req_${randomBytes(10).toString('hex')}`;
+    },
+    bodyLimit: 1024 * 1024,
+    ajv: {
+      customOptions: {
+        allErrors: true,
+        coerceTypes: 'array',
+        useDefaults: true,
+        removeAdditional: false,
+      },
+      // ajv-formats' types predate Fastify's Ajv plugin type; the runtime shape matches.
+      plugins: [addFormats.default as never],
+    },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.decorateRequest('principal', null);
+  app.addSchema(Problem);
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+  app.addHook('onRequest', authHook(deps.db));
+  app.setErrorHandler(errorHandler);
+  app.setNotFoundHandler((request, reply) =>
+    sendProblem(reply, request, 'not_found', {
+      detail: `No route ${request.method} ${request.url.split('?')[0]}`,
+    }),
+  );
+
+  // The docs UI's own routes and assets are public.
+  app.addHook('onRoute', (route) => {
+    if (route.url.startsWith('/docs')) route.config = { ...(route.config ?? {}), public: true };
+  });
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Credence API',
+        version: '0.1.0',
+        description:
+          'Multi-tenant SMS with prepaid credits. Errors are RFC 9457 application/problem+json. Lists are cursor-paginated, newest first.',
+      },
+      servers: [{ url: deps.config.publicUrl }],
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { deepLinking: true } });
+
+  app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () =>
+    app.swagger(),
+  );
+  await app.register(healthRoutes(deps));
+  await app.register(tenancyRoutes(deps));
+  return app;
+}
+
+export type App = Awaited<ReturnType<typeof buildApp>>;

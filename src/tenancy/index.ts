@@ -1,0 +1,30 @@
+export { hashApiKey, parseApiKey } from './apiKeys.ts';
+export {
+  canSeeOrganization,
+  canSeeWorkspace,
+  organizationOf,
+  type Principal,
+  requireOperator,
+  requireOrgAdmin,
+  requireWorkspaceKey,
+} from './principal.ts';
+export {
+  type Actor,
+  type ApiKey,
+  authenticate,
+  bootstrapOperatorKey,
+  type CreatedKey,
+  createApiKey,
+  createOperatorKeyFromCli,
+  createOrganization,
+  createWorkspace,
+  getOrganization,
+  getWorkspace,
+  listApiKeys,
+  listWorkspaces,
+  type Me,
+  me,
+  type Organization,
+  revokeApiKey,
+  type Workspace,
+} from './tenancy.ts';
