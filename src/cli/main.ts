@@ -14,6 +14,10 @@ const COMMANDS: Record<string, { summary: string; usage: string }> = {
     usage: 'credence worker',
   },
   migrate: { summary: 'Apply pending database migrations (idempotent)', usage: 'credence migrate' },
+  ledger: {
+    summary: 'Ledger tools: `credence ledger verify` recomputes every account from its entries; non-zero exit on any mismatch',
+    usage: 'credence ledger verify',
+  },
   'operator-key': {
     summary: 'Create a new operator API key (for an operator who lost the bootstrap key)',
     usage: 'credence operator-key [name]',
@@ -167,6 +171,30 @@ export async function main(argv: string[]): Promise<number> {
         );
         process.stdout.write(`New operator API key (shown once):\n  ${created.key}\n`);
         return 0;
+      } finally {
+        await database.close();
+      }
+    }
+    case 'ledger': {
+      if (rest[0] !== 'verify') {
+        process.stderr.write(`Usage: ${COMMANDS.ledger!.usage}\n`);
+        return 2;
+      }
+      const { openDatabase } = await import('../main.ts');
+      const { verifyLedger, recordVerification } = await import('../credits/index.ts');
+      const database = await openDatabase(config, log);
+      try {
+        const report = await verifyLedger(database.db);
+        await recordVerification(database.db, report);
+        for (const m of report.mismatches) {
+          process.stdout.write(
+            `MISMATCH ${m.organization_id} ${m.field}: stored=${m.stored} computed=${m.computed}\n`,
+          );
+        }
+        process.stdout.write(
+          `ledger verify: accounts=${report.accounts_checked} mismatches=${report.mismatches.length}\n`,
+        );
+        return report.mismatches.length === 0 ? 0 : 1;
       } finally {
         await database.close();
       }

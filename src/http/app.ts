@@ -10,7 +10,9 @@ import type { Db } from '../db/db.ts';
 import type { Logger } from '../shared/logger.ts';
 import { authHook } from './auth.ts';
 import { errorHandler, sendProblem } from './problem.ts';
+import { creditsRoutes } from './routes/credits.ts';
 import { healthRoutes } from './routes/health.ts';
+import { metricsRoutes } from './routes/metrics.ts';
 import { tenancyRoutes } from './routes/tenancy.ts';
 import { Problem } from './schemas.ts';
 
@@ -85,6 +87,8 @@ export async function buildApp(deps: AppDeps) {
   );
   await app.register(healthRoutes(deps));
   await app.register(tenancyRoutes(deps));
+  await app.register(creditsRoutes(deps));
+  await app.register(metricsRoutes(deps));
   return app;
 }
 

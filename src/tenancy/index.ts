@@ -25,6 +25,8 @@ export {
   type Me,
   me,
   type Organization,
+  readableOrganization,
+  recordAudit,
   revokeApiKey,
   type Workspace,
 } from './tenancy.ts';

@@ -405,3 +405,36 @@ export async function me(db: DbOrTx, actor: Actor): Promise<Me> {
     workspace: ws ? workspaceRowToWorkspace(ws) : null,
   };
 }
+
+/** Record an admin action in the audit log (call inside the action's transaction). */
+export async function recordAudit(
+  db: DbOrTx,
+  actor: Actor,
+  entry: {
+    action: string;
+    organizationId: string | null;
+    targetType: string;
+    targetId: string;
+    reason?: string | null;
+    details?: Record<string, unknown>;
+  },
+): Promise<void> {
+  await store.insertAudit(db, {
+    ...entry,
+    actorKeyId: actor.principal.keyId,
+    actorScope: actor.principal.scope,
+    requestId: actor.requestId ?? null,
+  });
+}
+
+/** The organization a read acts on: a tenant key's own, or the one an operator names (404 if none). */
+export async function readableOrganization(db: DbOrTx, actor: Actor, organizationId: string | undefined): Promise<string> {
+  const p = actor.principal;
+  if (p.scope !== 'operator') {
+    if (organizationId !== undefined && organizationId !== p.organizationId) throw notFound('Organization');
+    return p.organizationId;
+  }
+  if (organizationId === undefined) throw validationError('organization_id', 'is required with an operator key');
+  if ((await store.findOrganization(db, organizationId)) === undefined) throw notFound('Organization');
+  return organizationId;
+}
