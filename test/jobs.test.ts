@@ -75,3 +75,30 @@ describe('jobs are added in the same transaction as the change that causes them'
     expect(await jobCount('keyed')).toBe(1);
   });
 });
+
+describe('the hourly ledger verification job', () => {
+  it('runs through the worker and records its result for /metrics', async () => {
+    const { buildTaskList, CRONTAB } = await import('../src/jobs/index.ts');
+    expect(CRONTAB).toMatch(/^0 \* \* \* \* ledger_verify/m);
+    const real = await startWorker({
+      pool: tdb.pool,
+      taskList: buildTaskList({ db: tdb.db, log: silentLog }),
+      crontab: CRONTAB,
+      concurrency: 1,
+      log: silentLog,
+      pollInterval: 100,
+    });
+    try {
+      await addJob(tdb.db, 'ledger_verify', {});
+      const deadline = Date.now() + 20_000;
+      let rows: { mismatches: number }[] = [];
+      while (rows.length === 0 && Date.now() < deadline) {
+        rows = (await tdb.pool.query<{ mismatches: number }>('select mismatches from ledger_verifications')).rows;
+        if (rows.length === 0) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(rows).toEqual([{ mismatches: 0 }]);
+    } finally {
+      await real.stop();
+    }
+  });
+});

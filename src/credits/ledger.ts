@@ -58,6 +58,8 @@ interface OperationSpec {
 
 interface Planned<R> {
   entries: store.EntryInsert[];
+  /** Reservations the entries open, written in the same statement. */
+  reservations?: store.NewReservation[];
   result: (after: Balances) => R;
   allowancePeriod?: { id: string | null; start: Date | null };
 }
@@ -86,8 +88,7 @@ async function runOperation<R>(
   checkKey(spec.idempotencyKey);
   const hash = requestHash(spec.kind, spec.request);
   return inTransaction(db, async (trx) => {
-    const account = await store.lockAccount(trx, spec.organizationId);
-    const prior = await store.findOperation(trx, spec.organizationId, spec.idempotencyKey);
+    const { account, prior } = await store.lockAccountForOperation(trx, spec.organizationId, spec.idempotencyKey);
     if (prior !== undefined) {
       if (prior.kind !== spec.kind || prior.request_hash !== hash) {
         throw new DomainError(
@@ -103,7 +104,10 @@ async function runOperation<R>(
     // The CHECK constraints would refuse this too; failing here names the bug.
     if (!isValid(after)) throw new Error(`ledger bug: ${spec.kind} would leave ${JSON.stringify(after)}`);
 
-    await store.insertEntries(trx, spec.organizationId, spec.actor, planned.entries);
+    await store.insertEntries(trx, spec.organizationId, spec.actor, planned.entries, {
+      rows: planned.reservations ?? [],
+      allowancePeriod: account.allowance_period,
+    });
     let lowBalanceAlerted = account.low_balance_alerted;
     const threshold = account.low_balance_threshold;
     if (threshold !== null) {
@@ -115,15 +119,20 @@ async function runOperation<R>(
         lowBalanceAlerted = false;
       }
     }
-    await store.saveAccount(trx, spec.organizationId, after, {
-      lowBalanceAlerted,
-      ...(planned.allowancePeriod !== undefined && {
-        allowancePeriod: planned.allowancePeriod.id,
-        allowancePeriodStart: planned.allowancePeriod.start,
-      }),
-    });
     const result = planned.result(after);
-    await store.insertOperation(trx, spec.organizationId, spec.idempotencyKey, spec.kind, hash, result);
+    await store.saveAccountAndOperation(
+      trx,
+      spec.organizationId,
+      after,
+      {
+        lowBalanceAlerted,
+        ...(planned.allowancePeriod !== undefined && {
+          allowancePeriod: planned.allowancePeriod.id,
+          allowancePeriodStart: planned.allowancePeriod.start,
+        }),
+      },
+      { key: spec.idempotencyKey, kind: spec.kind, requestHash: hash, result },
+    );
     return { ...result, replayed: false };
   });
 }
@@ -385,13 +394,12 @@ export function reserve(
         fromAllowance: split.fromAllowance,
         fromPurchased: split.fromPurchased,
       }));
-      await store.insertReservations(trx, input.organizationId, made, account.allowance_period);
-      const entries: store.EntryInsert[] = made.map((r) => ({
+      const entries: store.EntryInsert[] = made.map((r, i) => ({
         kind: 'reserve',
         delta: reserveDelta(r),
         reservationId: r.id,
         messageId: r.messageId,
-        idempotencyKey: `${input.idempotencyKey}:${r.id}`,
+        idempotencyKey: `${input.idempotencyKey}:${i}`,
       }));
       const notReserved = fresh.slice(made.length).map((i) => ({
         message_id: i.messageId,
@@ -400,6 +408,7 @@ export function reserve(
       }));
       return {
         entries,
+        reservations: made,
         result: (after) => ({
           reserved: [
             ...existing,

@@ -90,12 +90,12 @@ export interface LedgerEntryView {
   created_at: string;
 }
 
-interface EntryRow extends Omit<LedgerEntryView, 'created_at'> {
+interface EntryRow extends Omit<LedgerEntryView, 'created_at' | 'id'> {
   created_at: Date;
 }
 
 export function entryRowToView(row: EntryRow): LedgerEntryView {
-  return { ...row, created_at: row.created_at.toISOString() };
+  return { id: `le_${row.seq}`, ...row, created_at: row.created_at.toISOString() };
 }
 
 export interface LedgerFilter {
@@ -114,7 +114,7 @@ export async function listEntries(
   const before = page.before === undefined ? null : Number(page.before);
   if (before !== null && !Number.isSafeInteger(before)) throw validationError('cursor', 'is not a ledger cursor');
   const { rows } = await sql<EntryRow>`
-    select id, seq, kind, allowance_delta, purchased_delta, reserved_allowance_delta, reserved_purchased_delta,
+    select seq, kind, allowance_delta, purchased_delta, reserved_allowance_delta, reserved_purchased_delta,
       spent_delta, debt_delta, reservation_id, message_id, payment_ref, actor_type, actor_id, reason,
       idempotency_key, created_at
     from ledger_entries

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 
 // Crockford base32: sortable as plain strings, no ambiguous letters.
 const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
@@ -16,6 +16,34 @@ export type IdPrefix =
   | 'alr'
   | 'in';
 
+// Random bytes are drawn from the OS in blocks, not one syscall per id.
+const POOL_SIZE = 4096;
+const pool = Buffer.alloc(POOL_SIZE);
+let poolOffset = POOL_SIZE;
+
+function randomChars(): string {
+  if (poolOffset + 10 > POOL_SIZE) {
+    randomFillSync(pool);
+    poolOffset = 0;
+  }
+  // 80 random bits -> 16 base32 chars: two 40-bit halves, 8 chars each
+  let out = '';
+  for (let half = 0; half < 2; half++) {
+    const o = poolOffset + half * 5;
+    // 40 bits fit exactly in a double
+    let v =
+      pool[o]! * 2 ** 32 + ((pool[o + 1]! << 24) >>> 0) + (pool[o + 2]! << 16) + (pool[o + 3]! << 8) + pool[o + 4]!;
+    let chunk = '';
+    for (let i = 0; i < 8; i++) {
+      chunk = ALPHABET[v % 32] + chunk;
+      v = Math.floor(v / 32);
+    }
+    out += chunk;
+  }
+  poolOffset += 10;
+  return out;
+}
+
 /**
  * A prefixed, time-sortable identifier: `<prefix>_<10 chars time><16 chars random>`.
  * Ids made later sort after ids made earlier (to the millisecond), which lets
@@ -28,16 +56,7 @@ export function newId(prefix: IdPrefix, now: number = Date.now()): string {
     time = ALPHABET[t % 32] + time;
     t = Math.floor(t / 32);
   }
-  const bytes = randomBytes(10);
-  let rand = '';
-  // 80 random bits -> 16 base32 chars (5 bits each)
-  let acc = 0n;
-  for (const b of bytes) acc = (acc << 8n) | BigInt(b);
-  for (let i = 0; i < 16; i++) {
-    rand = ALPHABET[Number(acc & 31n)] + rand;
-    acc >>= 5n;
-  }
-  return `${prefix}_${time}${rand}`;
+  return `${prefix}_${time}${randomChars()}`;
 }
 
 const ID_RE = /^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$/;

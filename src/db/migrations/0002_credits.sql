@@ -26,14 +26,18 @@ create table ledger_operations (
   idempotency_key text not null check (length(idempotency_key) between 1 and 300),
   kind text not null,
   request_hash text not null,
-  result jsonb not null,
+  -- json, not jsonb: stored as written and only read back on a replay
+  result json not null,
   created_at timestamptz not null default now(),
   primary key (organization_id, idempotency_key)
 );
 
+-- The hot tables below carry no per-row foreign key to organizations: every
+-- write happens under the lock of the account row, which has that key, and
+-- per-row RI checks would halve batch throughput. `ledger verify` covers them.
 create table credit_reservations (
   id text primary key,
-  organization_id text not null references organizations (id),
+  organization_id text not null,
   message_id text not null,
   from_allowance bigint not null check (from_allowance >= 0),
   from_purchased bigint not null check (from_purchased >= 0),
@@ -48,12 +52,11 @@ create table credit_reservations (
 -- At most one open reservation per message (G1/G2 backstop; the service checks first).
 create unique index credit_reservations_open_message
   on credit_reservations (organization_id, message_id) where state = 'open';
-create index credit_reservations_message on credit_reservations (message_id);
 
 create table ledger_entries (
-  seq bigint generated always as identity primary key,
-  id text not null unique,
-  organization_id text not null references organizations (id),
+  -- the entry's identity and global order; shown as le_<seq>
+  seq bigint generated always as identity,
+  organization_id text not null,
   kind text not null check (kind in (
     'purchase', 'grant', 'allowance_renewal', 'allowance_expiry', 'reserve', 'capture',
     'release', 'refund', 'adjust', 'clawback', 'debt_repayment')),
@@ -63,7 +66,7 @@ create table ledger_entries (
   reserved_purchased_delta bigint not null default 0,
   spent_delta bigint not null default 0,
   debt_delta bigint not null default 0,
-  reservation_id text references credit_reservations (id),
+  reservation_id text,
   message_id text,
   payment_ref text,
   actor_type text not null check (actor_type in ('api_key', 'operator', 'system')),
@@ -71,10 +74,10 @@ create table ledger_entries (
   reason text,
   idempotency_key text not null,
   created_at timestamptz not null default now(),
+  -- (organization, seq) serves both identity and the per-organization listing
+  primary key (organization_id, seq),
   unique (organization_id, idempotency_key)
 );
-create index ledger_entries_org_seq on ledger_entries (organization_id, seq);
-create index ledger_entries_message on ledger_entries (message_id) where message_id is not null;
 
 create trigger ledger_entries_append_only
   before update or delete on ledger_entries
