@@ -19,6 +19,11 @@ export interface Config {
   embeddedPgPort: number;
   dbPoolSize: number;
   shutdownTimeoutMs: number;
+  /** Real Twilio account; when absent, Credence sends through its carrier simulator. */
+  twilio: { accountSid: string; authToken: string; apiUrl: string | undefined } | undefined;
+  /** Port of the built-in carrier simulator (`credence start` without Twilio credentials). */
+  simulatorPort: number;
+  carrierTimeoutMs: number;
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -112,7 +117,24 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     embeddedPgPort: read('EMBEDDED_PG_PORT', integer(1024, 65535), 54329),
     dbPoolSize: read('DB_POOL_SIZE', integer(2, 500), 20),
     shutdownTimeoutMs: read('SHUTDOWN_TIMEOUT_MS', integer(100, 600_000), 15_000),
+    twilio: undefined,
+    simulatorPort: read('SIMULATOR_PORT', integer(0, 65535), 3001),
+    carrierTimeoutMs: read('CARRIER_TIMEOUT_MS', integer(100, 120_000), 10_000),
   };
+
+  const sid = read('TWILIO_ACCOUNT_SID', nonEmpty, undefined);
+  const token = read('TWILIO_AUTH_TOKEN', nonEmpty, undefined);
+  const apiUrl = read('TWILIO_API_URL', url(['http:', 'https:']), undefined);
+  if ((sid === undefined) !== (token === undefined)) {
+    problems.push({
+      variable: sid === undefined ? 'TWILIO_ACCOUNT_SID' : 'TWILIO_AUTH_TOKEN',
+      problem: 'TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN go together: set both or neither',
+    });
+  }
+  if (sid !== undefined && !/^AC[0-9a-fA-F]{32}$/.test(sid)) {
+    problems.push({ variable: 'TWILIO_ACCOUNT_SID', problem: 'must be "AC" followed by 32 hex characters' });
+  }
+  config.twilio = sid !== undefined && token !== undefined ? { accountSid: sid, authToken: token, apiUrl } : undefined;
 
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -1,4 +1,9 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import type pg from 'pg';
+import { type Carrier, type CarrierSimulator, createTwilioCarrier, startCarrierSimulator } from './carriers/index.ts';
+import type { BreakerState } from './messaging/index.ts';
 import type { Config } from './config.ts';
 import { createDb, createPool, type Db } from './db/db.ts';
 import { type EmbeddedPostgres, startEmbeddedPostgres } from './db/embedded.ts';
@@ -49,12 +54,70 @@ export async function openDatabase(config: Config, log: Logger): Promise<Databas
 export interface Roles {
   api: boolean;
   worker: boolean;
+  /** Run the carrier simulator in this process (all-in-one start without Twilio credentials). */
+  simulator?: boolean;
+}
+
+/** Credentials of the local carrier simulator, kept with the embedded data so every process agrees. */
+async function simulatorAccount(home: string): Promise<{ sid: string; authToken: string }> {
+  const file = path.join(home, 'simulator.json');
+  try {
+    const parsed = JSON.parse(await fs.readFile(file, 'utf8')) as { sid?: unknown; authToken?: unknown };
+    if (typeof parsed.sid === 'string' && typeof parsed.authToken === 'string') return { sid: parsed.sid, authToken: parsed.authToken };
+  } catch {
+    // first run: create below
+  }
+  const account = { sid: `AC${randomBytes(16).toString('hex')}`, authToken: randomBytes(16).toString('hex') };
+  await fs.mkdir(home, { recursive: true });
+  await fs.writeFile(file, `${JSON.stringify(account, null, 2)}\n`, { mode: 0o600 });
+  return account;
+}
+
+export interface CarrierSetup {
+  carrier: Carrier;
+  simulator: CarrierSimulator | undefined;
+}
+
+/**
+ * The carrier: Twilio when credentials are configured; otherwise the built-in
+ * simulator, reached through the same Twilio adapter and official SDK.
+ */
+export async function openCarrier(config: Config, log: Logger, runSimulator: boolean): Promise<CarrierSetup> {
+  if (config.twilio !== undefined) {
+    const carrier = createTwilioCarrier({
+      accountSid: config.twilio.accountSid,
+      authToken: config.twilio.authToken,
+      ...(config.twilio.apiUrl !== undefined && { baseUrl: config.twilio.apiUrl }),
+      timeoutMs: config.carrierTimeoutMs,
+      publicUrl: config.publicUrl,
+    });
+    return { carrier, simulator: undefined };
+  }
+  const account = await simulatorAccount(config.home);
+  let simulator: CarrierSimulator | undefined;
+  if (runSimulator) {
+    simulator = await startCarrierSimulator({
+      accounts: [account],
+      port: config.simulatorPort,
+      inboundUrl: `${config.publicUrl}/webhooks/twilio/inbound`,
+      log: log.child({ component: 'carrier-simulator' }),
+    });
+  }
+  const carrier = createTwilioCarrier({
+    accountSid: account.sid,
+    authToken: account.authToken,
+    baseUrl: simulator?.url ?? `http://127.0.0.1:${config.simulatorPort}`,
+    timeoutMs: config.carrierTimeoutMs,
+    publicUrl: config.publicUrl,
+  });
+  return { carrier, simulator };
 }
 
 export interface RunningCredence {
   url: string | undefined;
   operatorKey: CreatedKey | undefined;
   database: Database;
+  simulator: CarrierSimulator | undefined;
   /** Resolves if a part fails on its own (the worker runner dies). */
   failed: Promise<Error>;
   stop(): Promise<void>;
@@ -69,7 +132,11 @@ export async function startCredence(
   const { db, pool } = database;
   let worker: WorkerHandle | undefined;
   let app: Awaited<ReturnType<typeof buildApp>> | undefined;
+  let simulator: CarrierSimulator | undefined;
   try {
+    const carrierSetup = await openCarrier(config, log, roles.simulator ?? false);
+    const { carrier } = carrierSetup;
+    simulator = carrierSetup.simulator;
     const result = await migrate(pool);
     if (result.applied.length > 0) log.info({ applied: result.applied }, 'migrations applied');
 
@@ -77,7 +144,7 @@ export async function startCredence(
     let operatorKey: CreatedKey | undefined;
     if (roles.api) {
       operatorKey = await bootstrapOperatorKey(db);
-      app = await buildApp({ config, db, pool, log });
+      app = await buildApp({ config, db, pool, log, carrier });
       await app.listen({ host: config.host, port: config.port });
       const address = app.server.address();
       const port = typeof address === 'object' && address !== null ? address.port : config.port;
@@ -87,7 +154,11 @@ export async function startCredence(
     if (roles.worker) {
       worker = await startWorker({
         pool,
-        taskList: buildTaskList({ db, log }),
+        taskList: buildTaskList({
+          db,
+          log,
+          send: { db, carrier, publicUrl: config.publicUrl, log, breakers: new Map<string, BreakerState>() },
+        }),
         crontab: CRONTAB,
         concurrency: config.workerConcurrency,
         log,
@@ -113,10 +184,11 @@ export async function startCredence(
       })();
       return stopping;
     };
-    return { url, operatorKey, database, failed, stop };
+    return { url, operatorKey, database, simulator, failed, stop };
   } catch (err) {
     await app?.close().catch(() => {});
     await worker?.stop().catch(() => {});
+    await simulator?.stop().catch(() => {});
     await database.close();
     throw err;
   }

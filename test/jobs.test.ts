@@ -1,3 +1,4 @@
+import type { Carrier } from '../src/carriers/index.ts';
 import type { Task } from 'graphile-worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addJob, startWorker, type WorkerHandle } from '../src/jobs/index.ts';
@@ -76,13 +77,26 @@ describe('jobs are added in the same transaction as the change that causes them'
   });
 });
 
+const unusedCarrier: Carrier = {
+  accountId: 'none',
+  send: () => Promise.reject(new Error('not used')),
+  fetchMessage: () => Promise.reject(new Error('not used')),
+  findMessages: () => Promise.reject(new Error('not used')),
+  validateWebhook: () => false,
+};
+
 describe('the hourly ledger verification job', () => {
   it('runs through the worker and records its result for /metrics', async () => {
     const { buildTaskList, CRONTAB } = await import('../src/jobs/index.ts');
     expect(CRONTAB).toMatch(/^0 \* \* \* \* ledger_verify/m);
     const real = await startWorker({
       pool: tdb.pool,
-      taskList: buildTaskList({ db: tdb.db, log: silentLog }),
+      taskList: buildTaskList({
+        db: tdb.db,
+        log: silentLog,
+        // this test only runs ledger_verify; the send deps are never reached
+        send: { db: tdb.db, carrier: unusedCarrier, publicUrl: 'http://localhost', log: silentLog, breakers: new Map() },
+      }),
       crontab: CRONTAB,
       concurrency: 1,
       log: silentLog,

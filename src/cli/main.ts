@@ -51,7 +51,7 @@ ${configHelp()}
 `;
 }
 
-function banner(url: string | undefined, roles: Roles, operatorKey: string | undefined): string {
+function banner(url: string | undefined, roles: Roles, operatorKey: string | undefined, simulatorUrl: string | undefined): string {
   const lines = ['', 'Credence is running.'];
   if (url !== undefined) {
     lines.push(
@@ -61,6 +61,7 @@ function banner(url: string | undefined, roles: Roles, operatorKey: string | und
     );
   }
   if (roles.worker) lines.push('  Worker:   running');
+  if (simulatorUrl !== undefined) lines.push(`  Carrier:  built-in simulator at ${simulatorUrl} (no Twilio credentials set; log at ${simulatorUrl}/_sim/log)`);
   if (operatorKey !== undefined) {
     lines.push(
       '',
@@ -78,7 +79,7 @@ function banner(url: string | undefined, roles: Roles, operatorKey: string | und
 async function serve(config: Config, log: Logger, roles: Roles): Promise<number> {
   const { startCredence } = await import('../main.ts');
   const running = await startCredence(config, log, roles);
-  process.stdout.write(banner(running.url, roles, running.operatorKey?.key));
+  process.stdout.write(banner(running.url, roles, running.operatorKey?.key, running.simulator?.url));
   return new Promise<number>((resolve) => {
     let shuttingDown = false;
     const shutdown = (reason: string, code: number) => {
@@ -139,7 +140,7 @@ export async function main(argv: string[]): Promise<number> {
 
   switch (command) {
     case 'start':
-      return serve(config, log, { api: true, worker: true });
+      return serve(config, log, { api: true, worker: true, simulator: config.twilio === undefined });
     case 'api':
       return serve(config, log, { api: true, worker: false });
     case 'worker':

@@ -5,6 +5,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import addFormats from 'ajv-formats';
 import Fastify from 'fastify';
 import type pg from 'pg';
+import type { Carrier } from '../carriers/carrier.ts';
 import type { Config } from '../config.ts';
 import type { Db } from '../db/db.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -12,7 +13,10 @@ import { authHook } from './auth.ts';
 import { errorHandler, sendProblem } from './problem.ts';
 import { creditsRoutes } from './routes/credits.ts';
 import { healthRoutes } from './routes/health.ts';
+import { messageRoutes } from './routes/messages.ts';
 import { metricsRoutes } from './routes/metrics.ts';
+import { senderRoutes } from './routes/senders.ts';
+import { webhookRoutes } from './routes/webhooks.ts';
 import { tenancyRoutes } from './routes/tenancy.ts';
 import { Problem } from './schemas.ts';
 
@@ -22,6 +26,8 @@ export interface AppDeps {
   db: Db;
   pool: pg.Pool;
   log: Logger;
+  /** Only webhook verification is needed here; sending happens in the worker. */
+  carrier: Pick<Carrier, 'validateWebhook'>;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
@@ -89,6 +95,9 @@ export async function buildApp(deps: AppDeps) {
   await app.register(tenancyRoutes(deps));
   await app.register(creditsRoutes(deps));
   await app.register(metricsRoutes(deps));
+  await app.register(messageRoutes(deps));
+  await app.register(senderRoutes(deps));
+  await app.register(webhookRoutes(deps));
   return app;
 }
 

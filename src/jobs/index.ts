@@ -1,6 +1,7 @@
 import type { TaskList } from 'graphile-worker';
 import { recordVerification, verifyLedger } from '../credits/index.ts';
 import type { Db } from '../db/db.ts';
+import { dispatchOrganization, reconcile, type SendDeps, scheduleDispatch, sendBatch, sweep } from '../messaging/index.ts';
 import type { Logger } from '../shared/logger.ts';
 
 export { addJob, type JobOptions } from './enqueue.ts';
@@ -10,6 +11,21 @@ export { startWorker, type WorkerHandle } from './worker.ts';
 export interface TaskDeps {
   db: Db;
   log: Logger;
+  send: SendDeps;
+}
+
+function stringField(payload: unknown, field: string): string {
+  const value = typeof payload === 'object' && payload !== null ? (payload as Record<string, unknown>)[field] : undefined;
+  if (typeof value !== 'string' || value === '') throw new Error(`job payload: ${field} must be a non-empty string`);
+  return value;
+}
+
+function stringArray(payload: unknown, field: string): string[] {
+  const value = typeof payload === 'object' && payload !== null ? (payload as Record<string, unknown>)[field] : undefined;
+  if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) {
+    throw new Error(`job payload: ${field} must be an array of strings`);
+  }
+  return value as string[];
 }
 
 /**
@@ -19,6 +35,29 @@ export interface TaskDeps {
  */
 export function buildTaskList(deps: TaskDeps): TaskList {
   return {
+    /** Reserve credits for an organization's due messages and queue their sends. */
+    dispatch: async (payload) => {
+      const organizationId = stringField(payload, 'organizationId');
+      const includeBlocked = (payload as { includeBlocked?: unknown }).includeBlocked === true;
+      const report = await dispatchOrganization(deps.db, organizationId, { includeBlocked });
+      if (report.batches > 0) deps.log.debug({ organization_id: organizationId, ...report }, 'dispatched');
+    },
+    /** Claim, send and record one batch of queued messages. */
+    send: async (payload) => {
+      await sendBatch(deps.send, stringArray(payload, 'messageIds'));
+    },
+    /** Settle messages whose outcome is unknown or whose worker died mid-send. */
+    reconcile: async () => {
+      const report = await reconcile(deps.send);
+      if (report.checked > 0) deps.log.info(report, 'reconciliation');
+    },
+    /** Safety net: due work whose wake-up was lost is picked up within a minute. */
+    sweep: async () => {
+      await deps.db.transaction().execute(async (trx) => {
+        const found = await sweep(trx);
+        for (const org of found.organizations) await scheduleDispatch(trx, org);
+      });
+    },
     /** G4: recompute every account from its entries; the result feeds /metrics. */
     ledger_verify: async () => {
       const report = await verifyLedger(deps.db);
@@ -32,4 +71,8 @@ export function buildTaskList(deps: TaskDeps): TaskList {
   };
 }
 
-export const CRONTAB = ['0 * * * * ledger_verify ?max=1'].join('\n');
+export const CRONTAB = [
+  '0 * * * * ledger_verify ?max=1',
+  '* * * * * reconcile ?max=1',
+  '* * * * * sweep ?max=1',
+].join('\n');

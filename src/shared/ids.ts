@@ -14,7 +14,8 @@ export type IdPrefix =
   | 'evt'
   | 'cmp'
   | 'alr'
-  | 'in';
+  | 'in'
+  | 'num';
 
 // Random bytes are drawn from the OS in blocks, not one syscall per id.
 const POOL_SIZE = 4096;

@@ -1,3 +1,4 @@
+import type { Carrier } from '../../src/carriers/index.ts';
 import { buildApp } from '../../src/http/app.ts';
 import { createLogger } from '../../src/shared/logger.ts';
 import { bootstrapOperatorKey } from '../../src/tenancy/index.ts';
@@ -7,12 +8,19 @@ export const silentLog = createLogger('silent');
 
 export type TestApp = Awaited<ReturnType<typeof buildApp>>;
 
-export async function buildTestApp(tdb: TestDatabase): Promise<TestApp> {
+/** Webhooks are rejected unless a test brings a real carrier adapter. */
+const noCarrier = { validateWebhook: () => false };
+
+export async function buildTestApp(
+  tdb: TestDatabase,
+  options: { carrier?: Pick<Carrier, 'validateWebhook'>; publicUrl?: string } = {},
+): Promise<TestApp> {
   return buildApp({
-    config: { publicUrl: 'http://localhost:3000' },
+    config: { publicUrl: options.publicUrl ?? 'http://localhost:3000' },
     db: tdb.db,
     pool: tdb.pool,
     log: silentLog,
+    carrier: options.carrier ?? noCarrier,
   });
 }
 

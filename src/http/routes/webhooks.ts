@@ -1,0 +1,67 @@
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { sql } from 'kysely';
+import { handleStatusCallback } from '../../messaging/index.ts';
+import { newId } from '../../shared/ids.ts';
+import type { AppDeps } from '../app.ts';
+import { sendProblem } from '../problem.ts';
+
+const EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>';
+
+/**
+ * Carrier webhooks. They carry no API key: each is verified with the
+ * carrier's signature over our public URL and the form fields; a forged or
+ * unsigned one is 403 and changes nothing.
+ */
+export function webhookRoutes(deps: AppDeps): FastifyPluginAsync {
+  return async (app) => {
+    app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 64 * 1024 }, (_req, body, done) => {
+      const params: Record<string, string> = {};
+      for (const [k, v] of new URLSearchParams(body as string)) params[k] = v;
+      done(null, params);
+    });
+
+    const verified = (request: FastifyRequest): Record<string, string> | undefined => {
+      const params = (request.body ?? {}) as Record<string, string>;
+      const signature = request.headers['x-twilio-signature'];
+      const url = `${deps.config.publicUrl}${request.url}`;
+      return deps.carrier.validateWebhook(url, params, typeof signature === 'string' ? signature : undefined) ? params : undefined;
+    };
+
+    app.post(
+      '/webhooks/twilio/status',
+      { config: { public: true }, schema: { hide: true } },
+      async (request, reply) => {
+        const params = verified(request);
+        if (params === undefined) return sendProblem(reply, request, 'invalid_signature', { detail: 'X-Twilio-Signature does not match.' });
+        const messageId = (request.query as Record<string, string | undefined>).message_id;
+        if (messageId === undefined) return reply.code(200).type('text/xml').send(EMPTY_TWIML);
+        const result = await handleStatusCallback(deps, messageId, params);
+        request.log.info({ message_id: messageId, status: params.MessageStatus, result }, 'status callback');
+        return reply.code(200).type('text/xml').send(EMPTY_TWIML);
+      },
+    );
+
+    app.post(
+      '/webhooks/twilio/inbound',
+      { config: { public: true }, schema: { hide: true } },
+      async (request, reply) => {
+        const params = verified(request);
+        if (params === undefined) return sendProblem(reply, request, 'invalid_signature', { detail: 'X-Twilio-Signature does not match.' });
+        const sid = params.MessageSid ?? params.SmsMessageSid;
+        const from = params.From;
+        const to = params.To;
+        if (sid === undefined || from === undefined || to === undefined) {
+          return sendProblem(reply, request, 'validation_error', { detail: 'MessageSid, From and To are required.' });
+        }
+        // The workspace is the one that owns the number the person wrote to.
+        await sql`insert into inbound_messages (id, provider_sid, organization_id, workspace_id, from_number, to_number, body, payload)
+          select ${newId('in')}, ${sid}, s.organization_id, s.workspace_id, ${from}, ${to}, ${params.Body ?? ''}, ${JSON.stringify(params)}::jsonb
+          from (select 1) one left join lateral (
+            select organization_id, workspace_id from sender_numbers where phone_number = ${to} order by created_at limit 1
+          ) s on true
+          on conflict (provider_sid) do nothing`.execute(deps.db);
+        return reply.code(200).type('text/xml').send(EMPTY_TWIML);
+      },
+    );
+  };
+}

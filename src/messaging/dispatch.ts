@@ -1,0 +1,103 @@
+import { sql } from 'kysely';
+import * as credits from '../credits/index.ts';
+import type { Db, Tx } from '../db/db.ts';
+import { addJob } from '../jobs/enqueue.ts';
+import { newId } from '../shared/ids.ts';
+import { checkGates } from './gates.ts';
+import * as store from './messages.store.ts';
+
+export const DISPATCH_BATCH = 500;
+export const SEND_BATCH = 50;
+
+interface Candidate extends store.MessageRow {
+  sms_enabled: boolean;
+}
+
+/** Queue `send` jobs for reserved messages, in chunks (same transaction as the reservation). */
+export async function enqueueSends(trx: Tx, ids: readonly string[], runAt?: Date): Promise<void> {
+  for (let i = 0; i < ids.length; i += SEND_BATCH) {
+    await addJob(trx, 'send', { messageIds: ids.slice(i, i + SEND_BATCH) }, { maxAttempts: 10, ...(runAt && { runAt }) });
+  }
+}
+
+export interface DispatchReport {
+  queued: number;
+  blocked: number;
+  batches: number;
+}
+
+/**
+ * Dispatch an organization's due messages in batches: re-check the gates,
+ * reserve credits for the longest affordable prefix in one ledger call, move
+ * those to `queued` and add their send jobs in the same transaction; what
+ * does not fit becomes `blocked` (resumable when credits arrive).
+ */
+export async function dispatchOrganization(
+  db: Db,
+  organizationId: string,
+  options: { includeBlocked?: boolean } = {},
+): Promise<DispatchReport> {
+  const report: DispatchReport = { queued: 0, blocked: 0, batches: 0 };
+  // Blocked messages are looked at once per call (after a purchase, an unfreeze): a batch that
+  // still cannot go must not be picked up again in the same call.
+  let blockedAfter = '';
+  for (;;) {
+    const { rows: more } = await db.transaction().execute(async (trx) => {
+      const { rows } = await sql<Candidate>`
+        select m.*, w.sms_enabled from messages m join workspaces w on w.id = m.workspace_id
+        where m.organization_id = ${organizationId}
+          and (
+            (m.status = 'planned' and m.send_at <= now())
+            or (m.status = 'deferred' and coalesce(m.next_attempt_at, m.send_at) <= now())
+            ${options.includeBlocked ? sql`or (m.status = 'blocked' and m.id > ${blockedAfter})` : sql``}
+          )
+        order by m.id
+        limit ${DISPATCH_BATCH}
+        for update of m skip locked`.execute(trx);
+      if (rows.length === 0) return { rows };
+      report.batches++;
+      const lastBlocked = rows.filter((r) => r.status === 'blocked').at(-1);
+      if (lastBlocked) blockedAfter = lastBlocked.id;
+
+      const { rows: orgRows } = await sql<{ frozen: boolean; debt: number }>`
+        select o.frozen_at is not null as frozen, coalesce(a.debt, 0)::bigint as debt
+        from organizations o left join credit_accounts a on a.organization_id = o.id where o.id = ${organizationId}`.execute(trx);
+      const org = orgRows[0] ?? { frozen: true, debt: 0 };
+
+      const toReserve: Candidate[] = [];
+      const toBlock: { id: string; patch: store.Patch }[] = [];
+      for (const m of rows) {
+        const gate = checkGates({ organizationFrozen: org.frozen, workspaceSmsEnabled: m.sms_enabled, debt: org.debt });
+        if (gate.pass) toReserve.push(m);
+        else if (m.status !== 'blocked' || m.status_reason !== gate.reason) toBlock.push({ id: m.id, patch: { reason: gate.reason } });
+      }
+
+      if (toReserve.length > 0) {
+        const result = await credits.reserve(trx, {
+          organizationId,
+          items: toReserve.map((m) => ({ messageId: m.id, amount: m.cost })),
+          idempotencyKey: `dispatch:${newId('rsv')}`,
+          actor: { type: 'system', id: 'dispatch' },
+        });
+        const byId = new Map(toReserve.map((m) => [m.id, m]));
+        const reserved = result.reserved.map((r) => ({ id: r.message_id, patch: { reservation_id: r.reservation_id, reason: null } }));
+        await store.applyEvent(trx, 'reserved', reserved);
+        for (const nr of result.not_reserved) {
+          const m = byId.get(nr.message_id);
+          if (m && (m.status !== 'blocked' || m.status_reason !== nr.reason)) toBlock.push({ id: m.id, patch: { reason: nr.reason } });
+        }
+        await enqueueSends(
+          trx,
+          reserved.map((r) => r.id),
+        );
+        report.queued += reserved.length;
+      }
+      // `block` does not apply to messages already blocked (same reason): they simply stay.
+      const moved = await store.applyEvent(trx, 'block', toBlock.filter((b) => rows.find((r) => r.id === b.id)?.status !== 'blocked'));
+      report.blocked += moved.length;
+      return { rows };
+    });
+    if (more.length < DISPATCH_BATCH) break;
+  }
+  return report;
+}

@@ -1,0 +1,30 @@
+export { type BreakerState, CLOSED as BREAKER_CLOSED } from './breaker.ts';
+export { CARRIER_ERRORS, classifyCarrierError, type ErrorClass } from './carrierErrors.ts';
+export { DISPATCH_BATCH, type DispatchReport, dispatchOrganization, enqueueSends, SEND_BATCH } from './dispatch.ts';
+export {
+  type ApiMessageInput,
+  createApiMessage,
+  type Intake,
+  MAX_BODY,
+  PURPOSES,
+  type Priced,
+  priceMessage,
+  scheduleDispatch,
+} from './intake.ts';
+export {
+  type EventRow,
+  findMessage,
+  listEvents,
+  listMessages,
+  type MessageFilter,
+  type MessageRow,
+  type Producer,
+  type Purpose,
+} from './messages.store.ts';
+export { parsePhone } from './phone.ts';
+export { DEFAULT_MULTIPLIERS, FALLBACK_MULTIPLIER, messageCost, type PriceList } from './pricing.ts';
+export { countSegments, type Encoding } from './segments.ts';
+export { addSenderNumber, listSenderNumbers, type SenderNumber, updateSenderNumber } from './senders.ts';
+export { type SendDeps, sendBatch, statusCallbackUrl } from './send.ts';
+export { type CallbackResult, handleStatusCallback, RECONCILIATION_HORIZON_MS, reconcile, sweep } from './settle.ts';
+export { MESSAGE_STATUSES, type MessageStatus, TERMINAL } from './states.ts';

@@ -1,0 +1,147 @@
+import { createHash } from 'node:crypto';
+import { sql } from 'kysely';
+import type { DbOrTx, Tx } from '../db/db.ts';
+import { addJob } from '../jobs/enqueue.ts';
+import { DomainError, validationError } from '../shared/errors.ts';
+import { newId } from '../shared/ids.ts';
+import * as store from './messages.store.ts';
+import { parsePhone } from './phone.ts';
+import { messageCost, type PriceList } from './pricing.ts';
+import { countSegments } from './segments.ts';
+import { resolveSender } from './senders.ts';
+
+export const MAX_BODY = 1600;
+export const PURPOSES: readonly store.Purpose[] = ['transactional', 'marketing', 'appointment', 'cart_recovery'];
+
+export interface Priced {
+  to: string;
+  country: string;
+  encoding: 'GSM-7' | 'UCS-2';
+  segments: number;
+  cost: number;
+}
+
+/** Validate and price one message (pure apart from the inputs). Throws a 422 naming the field. */
+export function priceMessage(to: string, body: string, priceList: PriceList | undefined): Priced {
+  if (body.length === 0) throw validationError('body', 'must not be empty');
+  if (body.length > MAX_BODY) throw validationError('body', `must be at most ${MAX_BODY} characters, got ${body.length}`);
+  const phone = parsePhone(to);
+  if (!phone.ok) throw validationError('to', phone.reason);
+  const seg = countSegments(body);
+  return {
+    to: phone.e164,
+    country: phone.country,
+    encoding: seg.encoding,
+    segments: seg.segments,
+    cost: messageCost(seg.segments, phone.country, priceList),
+  };
+}
+
+export async function organizationPriceList(db: DbOrTx, organizationId: string): Promise<PriceList | undefined> {
+  const { rows } = await sql<{ price_list: PriceList | null }>`select price_list from organizations where id = ${organizationId}`.execute(db);
+  return rows[0]?.price_list ?? undefined;
+}
+
+/** Wake the organization's dispatcher (in the caller's transaction). */
+export async function scheduleDispatch(trx: DbOrTx, organizationId: string, options: { includeBlocked?: boolean; runAt?: Date } = {}): Promise<void> {
+  const runAt = options.runAt !== undefined && options.runAt.getTime() > Date.now() ? options.runAt : undefined;
+  await addJob(
+    trx,
+    'dispatch',
+    { organizationId, includeBlocked: options.includeBlocked ?? false },
+    runAt === undefined
+      ? { jobKey: `dispatch:${organizationId}${options.includeBlocked ? ':blocked' : ''}`, jobKeyMode: 'replace', maxAttempts: 25 }
+      : { runAt, maxAttempts: 25 },
+  );
+}
+
+export interface ApiMessageInput {
+  to: string;
+  body: string;
+  purpose: store.Purpose;
+  from?: string;
+  send_at?: string;
+}
+
+export interface Intake {
+  message: store.MessageRow;
+  /** False when the idempotency key returned an existing message. */
+  created: boolean;
+}
+
+function requestHash(input: ApiMessageInput): string {
+  return createHash('sha256')
+    .update(JSON.stringify([input.to, input.body, input.purpose, input.from ?? null, input.send_at ?? null]))
+    .digest('hex');
+}
+
+/**
+ * POST /v1/messages: validate, price, store as `planned` with its dedupe key,
+ * and wake the dispatcher, all in one transaction. Nothing is stored when the
+ * input is invalid. The same idempotency key returns the same message; with a
+ * different request, it is a conflict.
+ */
+export async function createApiMessage(
+  db: DbOrTx,
+  scope: { organizationId: string; workspaceId: string },
+  input: ApiMessageInput,
+  idempotencyKey: string | undefined,
+): Promise<Intake> {
+  if (!PURPOSES.includes(input.purpose)) throw validationError('purpose', `must be one of ${PURPOSES.join(', ')}`);
+  let sendAt = new Date();
+  if (input.send_at !== undefined) {
+    sendAt = new Date(input.send_at);
+    if (Number.isNaN(sendAt.getTime())) throw validationError('send_at', 'must be an RFC 3339 date-time');
+    if (sendAt.getTime() > Date.now() + 366 * 86_400_000) throw validationError('send_at', 'must be within a year');
+  }
+  if (idempotencyKey !== undefined && (idempotencyKey.length < 1 || idempotencyKey.length > 255)) {
+    throw validationError('Idempotency-Key', 'must be 1 to 255 characters');
+  }
+  const hash = requestHash(input);
+  const dedupeKey = idempotencyKey === undefined ? undefined : `api:${idempotencyKey}`;
+  if (dedupeKey !== undefined) {
+    const existing = await store.findByDedupeKey(db, scope.workspaceId, dedupeKey);
+    if (existing !== undefined) return replay(existing, hash);
+  }
+  const priced = priceMessage(input.to, input.body, await organizationPriceList(db, scope.organizationId));
+  const from = await resolveSender(db, scope.workspaceId, input.from);
+  const id = newId('msg');
+  const run = async (trx: Tx): Promise<Intake> => {
+    const [row] = await store.insertMessages(trx, [
+      {
+        id,
+        organization_id: scope.organizationId,
+        workspace_id: scope.workspaceId,
+        dedupe_key: dedupeKey ?? `api:${id}`,
+        request_hash: hash,
+        producer: 'api',
+        campaign_id: null,
+        purpose: input.purpose,
+        to_number: priced.to,
+        country: priced.country,
+        from_number: from,
+        body: input.body,
+        encoding: priced.encoding,
+        segments: priced.segments,
+        cost: priced.cost,
+        send_at: sendAt,
+      },
+    ]);
+    if (row === undefined) {
+      // A concurrent request with the same key won the insert: answer with its message.
+      const existing = await store.findByDedupeKey(trx, scope.workspaceId, dedupeKey!);
+      if (existing === undefined) throw new Error('dedupe conflict without a row');
+      return replay(existing, hash);
+    }
+    await scheduleDispatch(trx, scope.organizationId, { runAt: sendAt });
+    return { message: row, created: true };
+  };
+  return db.isTransaction ? run(db as Tx) : db.transaction().execute(run);
+}
+
+function replay(existing: store.MessageRow, hash: string): Intake {
+  if (existing.request_hash !== hash) {
+    throw new DomainError('idempotency_conflict', 'This Idempotency-Key was already used for a different message.');
+  }
+  return { message: existing, created: false };
+}

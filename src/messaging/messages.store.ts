@@ -1,0 +1,219 @@
+import { sql } from 'kysely';
+import type { DbOrTx, Tx } from '../db/db.ts';
+import type { MessageEvent, MessageStatus } from './states.ts';
+import { sourcesOf, targetOf } from './states.ts';
+
+export type Producer = 'api' | 'campaign' | 'appointment' | 'cart';
+export type Purpose = 'transactional' | 'marketing' | 'appointment' | 'cart_recovery';
+
+export interface MessageRow {
+  id: string;
+  organization_id: string;
+  workspace_id: string;
+  dedupe_key: string;
+  request_hash: string | null;
+  producer: Producer;
+  campaign_id: string | null;
+  purpose: Purpose;
+  to_number: string;
+  country: string;
+  from_number: string;
+  body: string;
+  encoding: 'GSM-7' | 'UCS-2';
+  segments: number;
+  cost: number;
+  status: MessageStatus;
+  status_reason: string | null;
+  send_at: Date;
+  next_attempt_at: Date | null;
+  attempts: number;
+  claimed_at: Date | null;
+  lease_until: Date | null;
+  reservation_id: string | null;
+  provider_sid: string | null;
+  provider_status: string | null;
+  error_code: number | null;
+  created_at: Date;
+  updated_at: Date;
+  sent_at: Date | null;
+  terminal_at: Date | null;
+}
+
+export type NewMessage = Pick<
+  MessageRow,
+  | 'id'
+  | 'organization_id'
+  | 'workspace_id'
+  | 'dedupe_key'
+  | 'request_hash'
+  | 'producer'
+  | 'campaign_id'
+  | 'purpose'
+  | 'to_number'
+  | 'country'
+  | 'from_number'
+  | 'body'
+  | 'encoding'
+  | 'segments'
+  | 'cost'
+  | 'send_at'
+>;
+
+/**
+ * Insert messages; a dedupe key already taken in the workspace inserts
+ * nothing (the unique index is the guarantee, not a prior SELECT). Returns
+ * the rows that were new, each with its `created` event written.
+ */
+export async function insertMessages(trx: Tx, messages: readonly NewMessage[], status: MessageStatus = 'planned'): Promise<MessageRow[]> {
+  if (messages.length === 0) return [];
+  const { rows } = await sql<MessageRow>`
+    with ins as (
+      insert into messages (id, organization_id, workspace_id, dedupe_key, request_hash, producer, campaign_id, purpose,
+        to_number, country, from_number, body, encoding, segments, cost, send_at, status)
+      select x.id, x.organization_id, x.workspace_id, x.dedupe_key, x.request_hash, x.producer, x.campaign_id, x.purpose,
+        x.to_number, x.country, x.from_number, x.body, x.encoding, x.segments, x.cost, x.send_at, ${status}
+      from json_to_recordset(${JSON.stringify(messages)}::json) as x(id text, organization_id text, workspace_id text,
+        dedupe_key text, request_hash text, producer text, campaign_id text, purpose text, to_number text, country text,
+        from_number text, body text, encoding text, segments int, cost int, send_at timestamptz)
+      on conflict (workspace_id, dedupe_key) do nothing
+      returning *
+    ), ev as (
+      insert into message_events (message_id, organization_id, event, from_status, to_status)
+      select id, organization_id, 'created', null, status from ins
+    )
+    select * from ins`.execute(trx);
+  return rows;
+}
+
+export async function findByDedupeKey(db: DbOrTx, workspaceId: string, dedupeKey: string): Promise<MessageRow | undefined> {
+  const { rows } = await sql<MessageRow>`select * from messages where workspace_id = ${workspaceId} and dedupe_key = ${dedupeKey}`.execute(db);
+  return rows[0];
+}
+
+export async function findMessage(db: DbOrTx, id: string): Promise<MessageRow | undefined> {
+  const { rows } = await sql<MessageRow>`select * from messages where id = ${id}`.execute(db);
+  return rows[0];
+}
+
+export async function findMessages(db: DbOrTx, ids: readonly string[]): Promise<MessageRow[]> {
+  if (ids.length === 0) return [];
+  const { rows } = await sql<MessageRow>`select * from messages where id = any(${[...ids]}::text[])`.execute(db);
+  return rows;
+}
+
+/** What a transition may change besides the status (absent = unchanged, null = cleared). */
+export interface Patch {
+  reason?: string | null;
+  next_attempt_at?: string | null;
+  reservation_id?: string | null;
+  provider_sid?: string | null;
+  provider_status?: string | null;
+  error_code?: number | null;
+  lease_until?: string | null;
+  /** event details, stored on the message_event only */
+  details?: Record<string, unknown>;
+}
+
+const PATCHABLE = ['next_attempt_at', 'reservation_id', 'provider_sid', 'provider_status', 'error_code', 'lease_until'] as const;
+
+/**
+ * Apply one event to many messages: a conditional UPDATE (only rows whose
+ * current status is a legal source of the event move) and the matching
+ * message_events, in one statement. Returns the ids that moved, with the
+ * status each moved from.
+ */
+export async function applyEvent(
+  trx: Tx,
+  event: MessageEvent,
+  items: readonly { id: string; patch?: Patch }[],
+): Promise<{ id: string; from_status: MessageStatus; organization_id: string }[]> {
+  if (items.length === 0) return [];
+  const to = targetOf(event);
+  const from = [...sourcesOf(event)];
+  const payload = JSON.stringify(items.map((i) => ({ id: i.id, ...(i.patch ?? {}) })));
+  const set = PATCHABLE.map(
+    (f) => sql`${sql.ref(f)} = case when p ? ${f} then ${castFor(f, sql`p->>${f}`)} else m.${sql.ref(f)} end`,
+  );
+  const terminal = ['delivered', 'undelivered', 'skipped', 'failed'].includes(to);
+  const { rows } = await sql<{ id: string; from_status: MessageStatus; organization_id: string }>`
+    with input as (
+      select e->>'id' as id, e as p from jsonb_array_elements(${payload}::jsonb) e
+    ), old as (
+      select m.id, m.status from messages m join input on input.id = m.id
+      where m.status = any(${from}::text[])
+      for update of m
+    ), upd as (
+      update messages m set
+        status = ${to},
+        status_reason = case when p ? 'reason' then p->>'reason' else m.status_reason end,
+        ${sql.join(set, sql`, `)},
+        sent_at = ${to === 'sent' ? sql`coalesce(m.sent_at, now())` : sql`m.sent_at`},
+        terminal_at = ${terminal ? sql`coalesce(m.terminal_at, now())` : sql`m.terminal_at`},
+        updated_at = now()
+      from old join input on input.id = old.id
+      where m.id = old.id
+      returning m.id, m.organization_id, old.status as from_status, input.p as p
+    ), ev as (
+      insert into message_events (message_id, organization_id, event, from_status, to_status, reason, details)
+      select id, organization_id, ${event}, from_status, ${to}, p->>'reason', p->'details' from upd
+    )
+    select id, from_status, organization_id from upd`.execute(trx);
+  return rows;
+}
+
+function castFor(field: (typeof PATCHABLE)[number], value: ReturnType<typeof sql>) {
+  switch (field) {
+    case 'next_attempt_at':
+    case 'lease_until':
+      return sql`(${value})::timestamptz`;
+    case 'error_code':
+      return sql`(${value})::int`;
+    default:
+      return value;
+  }
+}
+
+export interface EventRow {
+  seq: number;
+  event: string;
+  from_status: string | null;
+  to_status: string;
+  reason: string | null;
+  details: unknown;
+  at: Date;
+}
+
+export async function listEvents(db: DbOrTx, messageId: string): Promise<EventRow[]> {
+  const { rows } = await sql<EventRow>`select seq, event, from_status, to_status, reason, details, at
+    from message_events where message_id = ${messageId} order by seq`.execute(db);
+  return rows;
+}
+
+export interface MessageFilter {
+  statuses?: MessageStatus[];
+  purposes?: Purpose[];
+  campaignId?: string;
+  to?: string;
+  from?: Date;
+  until?: Date;
+}
+
+export async function listMessages(
+  db: DbOrTx,
+  workspaceIds: { organizationId: string; workspaceId?: string },
+  filter: MessageFilter,
+  page: { limit: number; before: string | undefined },
+): Promise<MessageRow[]> {
+  const { rows } = await sql<MessageRow>`select * from messages
+    where organization_id = ${workspaceIds.organizationId}
+      ${workspaceIds.workspaceId ? sql`and workspace_id = ${workspaceIds.workspaceId}` : sql``}
+      ${filter.statuses?.length ? sql`and status = any(${filter.statuses}::text[])` : sql``}
+      ${filter.purposes?.length ? sql`and purpose = any(${filter.purposes}::text[])` : sql``}
+      ${filter.campaignId ? sql`and campaign_id = ${filter.campaignId}` : sql``}
+      ${filter.to ? sql`and to_number = ${filter.to}` : sql``}
+      ${filter.from ? sql`and created_at >= ${filter.from}` : sql``}
+      ${filter.until ? sql`and created_at < ${filter.until}` : sql``}
+      ${page.before ? sql`and id < ${page.before}` : sql``}
+    order by id desc limit ${page.limit + 1}`.execute(db);
+  return rows;
+}

@@ -1,0 +1,301 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { sql } from 'kysely';
+import type { Carrier, SendOutcome } from '../carriers/carrier.ts';
+import * as credits from '../credits/index.ts';
+import type { Db, Tx } from '../db/db.ts';
+import { addJob } from '../jobs/enqueue.ts';
+import { newId } from '../shared/ids.ts';
+import type { Logger } from '../shared/logger.ts';
+import { type BreakerState, breakerAllows, breakerRecord, CLOSED } from './breaker.ts';
+import { classifyCarrierError } from './carrierErrors.ts';
+import { checkGates } from './gates.ts';
+import * as store from './messages.store.ts';
+import { multiplierFor } from './pricing.ts';
+import { retryDecision } from './retry.ts';
+import { takeSendSlots } from './senders.ts';
+import { organizationPriceList } from './intake.ts';
+
+/** What the send step needs from the process (wired once in main.ts). */
+export interface SendDeps {
+  db: Db;
+  carrier: Carrier;
+  /** Public base URL of our API: status callbacks come back to it. */
+  publicUrl: string;
+  log: Logger;
+  /** Circuit breakers, one per carrier account, kept for the process's life. */
+  breakers: Map<string, BreakerState>;
+  random?: () => number;
+  leaseMs?: number;
+  /** How far ahead a batch may take a sender's send slots. */
+  slotHorizonMs?: number;
+}
+
+export const DEFAULT_LEASE_MS = 120_000;
+
+interface ClaimRow extends store.MessageRow {
+  sms_enabled: boolean;
+  frozen: boolean;
+  debt: number;
+}
+
+export function statusCallbackUrl(publicUrl: string, messageId: string): string {
+  return `${publicUrl}/webhooks/twilio/status?message_id=${encodeURIComponent(messageId)}`;
+}
+
+interface Claimed {
+  message: store.MessageRow;
+  /** When its sender's rate allows it to go (epoch ms). */
+  notBefore: number;
+}
+
+/**
+ * Claim: one transaction that locks the batch's queued messages, re-checks
+ * their gates, takes sender rate slots, and moves the ones that may go to
+ * `sending` with one conditional UPDATE (status still `queued`, gates still
+ * open). Messages whose gate closed are `blocked` and their credits released
+ * (G6); those over the sender's rate wait for a later slot.
+ */
+async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]> {
+  const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
+  return deps.db.transaction().execute(async (trx) => {
+    const { rows } = await sql<ClaimRow>`
+      select m.*, w.sms_enabled, o.frozen_at is not null as frozen, coalesce(a.debt, 0)::bigint as debt
+      from messages m
+      join workspaces w on w.id = m.workspace_id
+      join organizations o on o.id = m.organization_id
+      left join credit_accounts a on a.organization_id = m.organization_id
+      where m.id = any(${[...ids]}::text[]) and m.status = 'queued'
+        and coalesce(m.next_attempt_at, m.send_at) <= now()
+      order by m.id
+      for update of m skip locked`.execute(trx);
+
+    const refused: ClaimRow[] = [];
+    const eligible: ClaimRow[] = [];
+    for (const m of rows) {
+      const gate = checkGates({ organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt });
+      if (gate.pass) eligible.push(m);
+      else {
+        refused.push(m);
+        m.status_reason = gate.reason;
+      }
+    }
+    await refuse(trx, refused);
+
+    // Sender rate: slots are taken under each sender row's lock, shared by all workers.
+    const bySender = new Map<string, ClaimRow[]>();
+    for (const m of eligible) {
+      const k = `${m.workspace_id}\u0000${m.from_number}`;
+      bySender.set(k, [...(bySender.get(k) ?? []), m]);
+    }
+    const go: Claimed[] = [];
+    const later: { ids: string[]; at: number }[] = [];
+    for (const group of bySender.values()) {
+      const first = group[0]!;
+      const slots = await takeSendSlots(trx, first.workspace_id, first.from_number, group.length, deps.slotHorizonMs ?? 2_000);
+      group.forEach((m, i) => {
+        if (i < slots.granted) go.push({ message: m, notBefore: slots.startAt + i * slots.intervalMs });
+      });
+      if (slots.granted < group.length) later.push({ ids: group.slice(slots.granted).map((m) => m.id), at: slots.nextFreeAt });
+    }
+    for (const l of later) {
+      await sql`update messages set next_attempt_at = ${new Date(l.at)}, updated_at = now() where id = any(${l.ids}::text[])`.execute(trx);
+      await addJob(trx, 'send', { messageIds: l.ids }, { runAt: new Date(l.at), maxAttempts: 10 });
+    }
+    if (go.length === 0) return [];
+
+    // The claim itself: one conditional UPDATE, gates repeated in its WHERE.
+    const { rows: claimed } = await sql<store.MessageRow>`
+      with c as (
+        update messages m set status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
+          lease_until = now() + ${`${leaseMs} milliseconds`}::interval, next_attempt_at = null, updated_at = now()
+        from organizations o, workspaces w
+        where m.id = any(${go.map((g) => g.message.id)}::text[]) and m.status = 'queued'
+          and o.id = m.organization_id and o.frozen_at is null
+          and w.id = m.workspace_id and w.sms_enabled
+          and not exists (select 1 from credit_accounts a where a.organization_id = m.organization_id and a.debt > 0)
+        returning m.*
+      ), ev as (
+        insert into message_events (message_id, organization_id, event, from_status, to_status, details)
+        select id, organization_id, 'claim', 'queued', 'sending', jsonb_build_object('attempt', attempts) from c
+      )
+      select * from c`.execute(trx);
+    const byId = new Map(go.map((g) => [g.message.id, g.notBefore]));
+    return claimed.map((m) => ({ message: m, notBefore: byId.get(m.id) ?? Date.now() }));
+  });
+}
+
+/** Gate closed after reservation: block, and give the credits back until it may go again. */
+async function refuse(trx: Tx, rows: readonly ClaimRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  const moved = await store.applyEvent(
+    trx,
+    'claim_refused',
+    rows.map((m) => ({ id: m.id, patch: { reason: m.status_reason, reservation_id: null } })),
+  );
+  const movedIds = new Set(moved.map((m) => m.id));
+  await releaseFor(
+    trx,
+    rows.filter((m) => movedIds.has(m.id)),
+    'gate closed before claim',
+  );
+}
+
+export async function releaseFor(trx: Tx, rows: readonly Pick<store.MessageRow, 'organization_id' | 'reservation_id'>[], reason: string) {
+  for (const [org, group] of groupBy(rows, (r) => r.organization_id)) {
+    const ids = group.map((r) => r.reservation_id).filter((x): x is string => x !== null);
+    if (ids.length === 0) continue;
+    await credits.release(trx, { organizationId: org, reservationIds: ids, idempotencyKey: `release:${newId('rsv')}`, actor: { type: 'system', id: 'send' }, reason });
+  }
+}
+
+export async function captureFor(trx: Tx, rows: readonly Pick<store.MessageRow, 'organization_id' | 'reservation_id'>[], reason: string) {
+  for (const [org, group] of groupBy(rows, (r) => r.organization_id)) {
+    const ids = group.map((r) => r.reservation_id).filter((x): x is string => x !== null);
+    if (ids.length === 0) continue;
+    await credits.capture(trx, { organizationId: org, reservationIds: ids, idempotencyKey: `capture:${newId('rsv')}`, actor: { type: 'system', id: 'send' }, reason });
+  }
+}
+
+function groupBy<T>(items: readonly T[], key: (t: T) => string): Map<string, T[]> {
+  const map = new Map<string, T[]>();
+  for (const item of items) map.set(key(item), [...(map.get(key(item)) ?? []), item]);
+  return map;
+}
+
+interface Attempt {
+  message: store.MessageRow;
+  outcome: SendOutcome | { outcome: 'circuit_open'; retryAt: number };
+}
+
+/**
+ * The send step for one batch of message ids: claim, call the carrier for
+ * each claimed message outside any transaction, record every outcome in one
+ * transaction. Safe to run twice: only `queued` messages are claimed, and
+ * outcomes apply only to messages still `sending`.
+ */
+export async function sendBatch(deps: SendDeps, messageIds: readonly string[]): Promise<{ attempted: number }> {
+  const claimed = await claim(deps, messageIds);
+  if (claimed.length === 0) return { attempted: 0 };
+  const attempts = await Promise.all(claimed.map((c) => attemptOne(deps, c)));
+  await record(deps, attempts);
+  return { attempted: attempts.length };
+}
+
+async function attemptOne(deps: SendDeps, c: Claimed): Promise<Attempt> {
+  const wait = c.notBefore - Date.now();
+  if (wait > 0) await sleep(wait);
+  const account = deps.carrier.accountId;
+  const gate = breakerAllows(deps.breakers.get(account) ?? CLOSED, Date.now());
+  deps.breakers.set(account, gate.next);
+  if (!gate.allow) return { message: c.message, outcome: { outcome: 'circuit_open', retryAt: gate.retryAt ?? Date.now() + 5_000 } };
+  const m = c.message;
+  const outcome = await deps.carrier.send({
+    messageId: m.id,
+    to: m.to_number,
+    from: m.from_number,
+    body: m.body,
+    statusCallbackUrl: statusCallbackUrl(deps.publicUrl, m.id),
+  });
+  const transient =
+    outcome.outcome === 'not_sent' ||
+    outcome.outcome === 'unknown' ||
+    (outcome.outcome === 'rejected' && classifyCarrierError(outcome.errorCode, outcome.httpStatus).class === 'transient');
+  deps.breakers.set(account, breakerRecord(deps.breakers.get(account) ?? CLOSED, transient ? 'transient_failure' : 'success', Date.now()));
+  deps.log.debug({ message_id: m.id, organization_id: m.organization_id, outcome: outcome.outcome }, 'carrier call');
+  return { message: m, outcome };
+}
+
+async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<void> {
+  const random = deps.random ?? Math.random;
+  const accepted: { id: string; patch: store.Patch }[] = [];
+  const failed: { id: string; patch: store.Patch }[] = [];
+  const retry: { id: string; patch: store.Patch; at: number }[] = [];
+  const unknown: { id: string; patch: store.Patch }[] = [];
+  const extraSegments: { m: store.MessageRow; carrierSegments: number }[] = [];
+  const optOuts: store.MessageRow[] = [];
+
+  for (const { message: m, outcome: o } of attempts) {
+    switch (o.outcome) {
+      case 'accepted':
+        accepted.push({
+          id: m.id,
+          patch: { provider_sid: o.providerSid, provider_status: o.providerStatus, lease_until: null, reason: null, details: { attempt: m.attempts, segments: o.segments } },
+        });
+        if (o.segments !== null && o.segments > m.segments) extraSegments.push({ m, carrierSegments: o.segments });
+        break;
+      case 'rejected': {
+        const rule = classifyCarrierError(o.errorCode, o.httpStatus);
+        const details = { attempt: m.attempts, error_code: o.errorCode, http_status: o.httpStatus, message: o.message };
+        if (rule.optOut) optOuts.push(m);
+        if (rule.class === 'permanent') {
+          failed.push({ id: m.id, patch: { reason: 'carrier_error', error_code: o.errorCode, lease_until: null, details } });
+        } else {
+          planRetry(m, random, details, retry, failed, o.errorCode);
+        }
+        break;
+      }
+      case 'not_sent':
+        planRetry(m, random, { attempt: m.attempts, reason: o.reason }, retry, failed, null);
+        break;
+      case 'circuit_open':
+        // Not attempted: try again when the breaker lets a probe through.
+        retry.push({ id: m.id, at: o.retryAt, patch: { reason: 'circuit_open', next_attempt_at: new Date(o.retryAt).toISOString(), lease_until: null } });
+        break;
+      case 'unknown':
+        unknown.push({ id: m.id, patch: { reason: 'no_answer', details: { attempt: m.attempts, reason: o.reason } } });
+        break;
+      default: {
+        const never: never = o;
+        throw new Error(`unhandled outcome ${String(never)}`);
+      }
+    }
+  }
+
+  await deps.db.transaction().execute(async (trx) => {
+    const byId = new Map(attempts.map((a) => [a.message.id, a.message]));
+    const movedAccepted = await store.applyEvent(trx, 'accepted', accepted);
+    await captureFor(trx, movedAccepted.map((x) => byId.get(x.id)!), 'carrier accepted');
+    for (const { m, carrierSegments } of extraSegments.filter((e) => movedAccepted.some((x) => x.id === e.m.id))) {
+      // The carrier counted more segments than we priced: charge the difference
+      // as an adjustment (it goes to debt rather than below zero).
+      const priceList = await organizationPriceList(trx, m.organization_id);
+      const extra = (carrierSegments - m.segments) * multiplierFor(m.country, priceList);
+      await credits.adjust(trx, {
+        organizationId: m.organization_id,
+        amount: -extra,
+        reason: `carrier billed ${carrierSegments} segments, priced ${m.segments}`,
+        idempotencyKey: `segments:${m.id}`,
+        actor: { type: 'system', id: 'send' },
+        messageId: m.id,
+      });
+    }
+    const movedFailed = await store.applyEvent(trx, 'rejected', failed);
+    await releaseFor(trx, movedFailed.map((x) => byId.get(x.id)!), 'carrier rejected');
+    const movedRetry = new Set((await store.applyEvent(trx, 'retry', retry)).map((x) => x.id));
+    // one job per second of retry time, not one per message
+    for (const [at, group] of groupBy(retry.filter((r) => movedRetry.has(r.id)), (r) => String(Math.ceil(r.at / 1000) * 1000))) {
+      await addJob(trx, 'send', { messageIds: group.map((r) => r.id) }, { runAt: new Date(Number(at)), maxAttempts: 10 });
+    }
+    await store.applyEvent(trx, 'no_answer', unknown);
+    if (optOuts.length > 0) {
+      deps.log.info({ message_ids: optOuts.map((m) => m.id) }, 'carrier reports recipients opted out (21610)');
+    }
+  });
+}
+
+function planRetry(
+  m: store.MessageRow,
+  random: () => number,
+  details: Record<string, unknown>,
+  retry: { id: string; patch: store.Patch; at: number }[],
+  failed: { id: string; patch: store.Patch }[],
+  errorCode: number | null,
+): void {
+  const decision = retryDecision(m.attempts, random());
+  if (!decision.retry) {
+    failed.push({ id: m.id, patch: { reason: 'attempts_exhausted', error_code: errorCode, lease_until: null, details } });
+    return;
+  }
+  const at = Date.now() + decision.delayMs;
+  retry.push({ id: m.id, at, patch: { reason: 'transient_error', error_code: errorCode, next_attempt_at: new Date(at).toISOString(), lease_until: null, details } });
+}

@@ -1,0 +1,181 @@
+import { sql } from 'kysely';
+import type { CarrierMessage } from '../carriers/carrier.ts';
+import * as credits from '../credits/index.ts';
+import type { Tx } from '../db/db.ts';
+import { enqueueSends } from './dispatch.ts';
+import * as store from './messages.store.ts';
+import { MAX_ATTEMPTS } from './retry.ts';
+import { captureFor, releaseFor, type SendDeps } from './send.ts';
+import { eventForCarrierStatus } from './states.ts';
+
+/** A message left `unknown` this long without evidence is given up (charged, never resent). */
+export const RECONCILIATION_HORIZON_MS = 24 * 3_600_000;
+/** A look-up this long after the claim that finds nothing proves the carrier never took it. */
+export const LOOKUP_GRACE_MS = 60_000;
+
+export interface CarrierReport {
+  providerSid: string;
+  status: string;
+  errorCode: number | null;
+}
+
+/**
+ * Apply what the carrier says about a message (status callback or look-up).
+ * Statuses only move forward; a duplicate changes nothing. A message the
+ * carrier took is captured; one it reports undelivered is refunded when the
+ * organization's policy says so.
+ */
+export async function applyCarrierReport(trx: Tx, message: store.MessageRow, report: CarrierReport, source: string): Promise<boolean> {
+  const event = eventForCarrierStatus(report.status);
+  if (event === undefined) return false;
+  const moved = await store.applyEvent(trx, event, [
+    {
+      id: message.id,
+      patch: {
+        provider_sid: report.providerSid,
+        provider_status: report.status,
+        lease_until: null,
+        ...(report.errorCode !== null && { error_code: report.errorCode }),
+        reason: event === 'carrier_undelivered' ? `carrier_${report.status}` : null,
+        details: { source, carrier_status: report.status, ...(report.errorCode !== null && { error_code: report.errorCode }) },
+      },
+    },
+  ]);
+  const step = moved[0];
+  if (step === undefined) return false;
+  if (step.from_status === 'sending' || step.from_status === 'unknown') {
+    await captureFor(trx, [message], `carrier reported ${report.status}`);
+  }
+  if (event === 'carrier_undelivered' && message.reservation_id !== null) {
+    const { rows } = await sql<{ refund: boolean }>`select refund_undelivered as refund from organizations where id = ${message.organization_id}`.execute(trx);
+    if (rows[0]?.refund) {
+      await credits.refund(trx, {
+        organizationId: message.organization_id,
+        reservationIds: [message.reservation_id],
+        idempotencyKey: `refund:${message.id}`,
+        actor: { type: 'system', id: 'status' },
+        reason: `carrier reported ${report.status}${report.errorCode ? ` (${report.errorCode})` : ''}`,
+      });
+    }
+  }
+  return true;
+}
+
+export type CallbackResult = 'applied' | 'duplicate_or_stale' | 'unknown_message' | 'mismatched_sid' | 'unknown_status';
+
+/** POST /webhooks/twilio/status, after the signature was verified. */
+export async function handleStatusCallback(
+  deps: Pick<SendDeps, 'db' | 'log'>,
+  messageId: string,
+  params: Record<string, string>,
+): Promise<CallbackResult> {
+  const status = params.MessageStatus ?? params.SmsStatus;
+  const sid = params.MessageSid ?? params.SmsSid;
+  if (status === undefined || sid === undefined) return 'unknown_status';
+  if (eventForCarrierStatus(status) === undefined) return 'unknown_status';
+  const errorCode = params.ErrorCode ? Number(params.ErrorCode) : null;
+  return deps.db.transaction().execute(async (trx) => {
+    const { rows } = await sql<store.MessageRow>`select * from messages where id = ${messageId} for update`.execute(trx);
+    const message = rows[0];
+    if (message === undefined) return 'unknown_message';
+    if (message.provider_sid !== null && message.provider_sid !== sid) {
+      deps.log.warn({ message_id: messageId, sid, known: message.provider_sid }, 'status callback for another carrier message');
+      return 'mismatched_sid';
+    }
+    const applied = await applyCarrierReport(trx, message, { providerSid: sid, status, errorCode: Number.isFinite(errorCode) ? errorCode : null }, 'status_callback');
+    return applied ? 'applied' : 'duplicate_or_stale';
+  });
+}
+
+export interface ReconcileReport {
+  checked: number;
+  settled: number;
+  requeued: number;
+  givenUp: number;
+}
+
+/**
+ * Settle messages whose outcome we do not know: `unknown`, or `sending` past
+ * its lease (a worker died mid-send). The carrier is asked (by its id, or by
+ * destination and body when the id was never recorded); what it says is
+ * applied. Nothing found long enough after the claim: it never got there, so
+ * it is queued again. No evidence for 24 hours: failed, credits captured.
+ */
+export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileReport> {
+  const report: ReconcileReport = { checked: 0, settled: 0, requeued: 0, givenUp: 0 };
+  const { rows } = await sql<store.MessageRow>`select * from messages
+    where (status = 'sending' and lease_until < now())
+       or (status = 'unknown' and updated_at < now() - interval '30 seconds')
+    order by updated_at limit ${limit}`.execute(deps.db);
+  for (const m of rows) {
+    report.checked++;
+    let found: CarrierMessage | undefined;
+    let lookedUp = false;
+    try {
+      if (m.provider_sid !== null) {
+        found = await deps.carrier.fetchMessage(m.provider_sid);
+      } else {
+        const since = new Date((m.claimed_at ?? m.created_at).getTime() - 60_000);
+        const candidates = await deps.carrier.findMessages({ to: m.to_number, from: m.from_number, since });
+        const matching = candidates.filter((c) => c.body === m.body);
+        if (matching.length > 0) {
+          const { rows: taken } = await sql<{ provider_sid: string }>`select provider_sid from messages
+            where provider_sid = any(${matching.map((c) => c.providerSid)}::text[])`.execute(deps.db);
+          const takenSet = new Set(taken.map((t) => t.provider_sid));
+          found = matching
+            .filter((c) => !takenSet.has(c.providerSid))
+            .sort((a, b) => a.dateCreated.getTime() - b.dateCreated.getTime())[0];
+        }
+      }
+      lookedUp = true;
+    } catch (err) {
+      deps.log.warn({ message_id: m.id, err: (err as Error).message }, 'carrier look-up failed');
+    }
+    const age = Date.now() - (m.claimed_at ?? m.created_at).getTime();
+    await deps.db.transaction().execute(async (trx) => {
+      if (found !== undefined) {
+        if (await applyCarrierReport(trx, m, { providerSid: found.providerSid, status: found.status, errorCode: found.errorCode }, 'reconciliation')) report.settled++;
+        return;
+      }
+      if (lookedUp && age >= LOOKUP_GRACE_MS) {
+        if (m.attempts >= MAX_ATTEMPTS) {
+          const moved = await store.applyEvent(trx, 'rejected', [{ id: m.id, patch: { reason: 'attempts_exhausted', lease_until: null, details: { source: 'reconciliation' } } }]);
+          await releaseFor(trx, moved.length ? [m] : [], 'not at the carrier, attempts exhausted');
+          return;
+        }
+        const moved = await store.applyEvent(trx, 'not_at_carrier', [
+          { id: m.id, patch: { reason: 'not_at_carrier', lease_until: null, next_attempt_at: null, details: { source: 'reconciliation' } } },
+        ]);
+        if (moved.length > 0) {
+          await enqueueSends(trx, [m.id]);
+          report.requeued++;
+        }
+        return;
+      }
+      if (m.status === 'sending') {
+        await store.applyEvent(trx, 'no_answer', [{ id: m.id, patch: { reason: 'lease_expired', details: { source: 'reconciliation' } } }]);
+        return;
+      }
+      if (m.status === 'unknown' && age >= RECONCILIATION_HORIZON_MS) {
+        const moved = await store.applyEvent(trx, 'outcome_unknown', [
+          { id: m.id, patch: { reason: 'outcome_unknown', details: { source: 'reconciliation', note: 'captured: the carrier may have billed it; never resent' } } },
+        ]);
+        if (moved.length > 0) {
+          await captureFor(trx, [m], 'outcome_unknown: no evidence after 24 h; captured because the carrier may have billed it');
+          report.givenUp++;
+        }
+      }
+    });
+  }
+  return report;
+}
+
+/** Periodic safety net: wake dispatchers with due work and re-add send jobs lost to exhausted job retries. */
+export async function sweep(trx: Tx): Promise<{ organizations: string[]; resent: number }> {
+  const { rows: orgs } = await sql<{ organization_id: string }>`select distinct organization_id from messages
+    where (status = 'planned' and send_at <= now()) or (status = 'deferred' and coalesce(next_attempt_at, send_at) <= now())`.execute(trx);
+  const { rows: stale } = await sql<{ id: string }>`select id from messages
+    where status = 'queued' and coalesce(next_attempt_at, updated_at) < now() - interval '2 minutes' limit 5000`.execute(trx);
+  await enqueueSends(trx, stale.map((r) => r.id));
+  return { organizations: orgs.map((o) => o.organization_id), resent: stale.length };
+}
