@@ -56,6 +56,13 @@ export async function buildApp(deps: AppDeps) {
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.decorateRequest('principal', null);
+  // Graceful close: in-flight requests finish, but keep-alive connections
+  // (webhook senders, load balancers) are closed as soon as they go idle,
+  // rather than holding the shutdown open until their keep-alive timeout.
+  app.addHook('preClose', async () => {
+    const timer = setInterval(() => app.server.closeIdleConnections(), 100);
+    app.server.once('close', () => clearInterval(timer));
+  });
   app.addSchema(Problem);
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);

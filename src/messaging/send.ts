@@ -28,6 +28,10 @@ export interface SendDeps {
   leaseMs?: number;
   /** How far ahead a batch may take a sender's send slots. */
   slotHorizonMs?: number;
+  /** Retry delay after `attempts` failed attempts; default 30 s·2ⁿ ± 20 % (tests shorten it). */
+  retryDelayMs?: (attempts: number, random: number) => number;
+  /** How long after a claim a carrier look-up that finds nothing proves it never arrived. */
+  lookupGraceMs?: number;
 }
 
 export const DEFAULT_LEASE_MS = 120_000;
@@ -230,12 +234,12 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
         if (rule.class === 'permanent') {
           failed.push({ id: m.id, patch: { reason: 'carrier_error', error_code: o.errorCode, lease_until: null, details } });
         } else {
-          planRetry(m, random, details, retry, failed, o.errorCode);
+          planRetry(m, random, details, retry, failed, o.errorCode, deps.retryDelayMs);
         }
         break;
       }
       case 'not_sent':
-        planRetry(m, random, { attempt: m.attempts, reason: o.reason }, retry, failed, null);
+        planRetry(m, random, { attempt: m.attempts, reason: o.reason }, retry, failed, null, deps.retryDelayMs);
         break;
       case 'circuit_open':
         // Not attempted: try again when the breaker lets a probe through.
@@ -290,12 +294,14 @@ function planRetry(
   retry: { id: string; patch: store.Patch; at: number }[],
   failed: { id: string; patch: store.Patch }[],
   errorCode: number | null,
+  delay?: (attempts: number, random: number) => number,
 ): void {
-  const decision = retryDecision(m.attempts, random());
+  const r = random();
+  const decision = retryDecision(m.attempts, r);
   if (!decision.retry) {
     failed.push({ id: m.id, patch: { reason: 'attempts_exhausted', error_code: errorCode, lease_until: null, details } });
     return;
   }
-  const at = Date.now() + decision.delayMs;
+  const at = Date.now() + (delay ? delay(m.attempts, r) : decision.delayMs);
   retry.push({ id: m.id, at, patch: { reason: 'transient_error', error_code: errorCode, next_attempt_at: new Date(at).toISOString(), lease_until: null, details } });
 }

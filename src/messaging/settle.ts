@@ -137,7 +137,7 @@ export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileR
         if (await applyCarrierReport(trx, m, { providerSid: found.providerSid, status: found.status, errorCode: found.errorCode }, 'reconciliation')) report.settled++;
         return;
       }
-      if (lookedUp && age >= LOOKUP_GRACE_MS) {
+      if (lookedUp && age >= (deps.lookupGraceMs ?? LOOKUP_GRACE_MS)) {
         if (m.attempts >= MAX_ATTEMPTS) {
           const moved = await store.applyEvent(trx, 'rejected', [{ id: m.id, patch: { reason: 'attempts_exhausted', lease_until: null, details: { source: 'reconciliation' } } }]);
           await releaseFor(trx, moved.length ? [m] : [], 'not at the carrier, attempts exhausted');

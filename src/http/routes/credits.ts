@@ -2,6 +2,7 @@ import { Readable } from 'node:stream';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import * as credits from '../../credits/index.ts';
+import { scheduleDispatch } from '../../messaging/index.ts';
 import { DomainError } from '../../shared/errors.ts';
 import { pageRequest, toPage } from '../../shared/pagination.ts';
 import * as tenancy from '../../tenancy/index.ts';
@@ -280,6 +281,8 @@ export function creditsRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
                 ? await credits.adjust(trx, { organizationId: org, amount, reason, idempotencyKey: idempotency_key, actor: ledgerActor })
                 : await credits.grant(trx, { organizationId: org, amount, reason, idempotencyKey: idempotency_key, actor: ledgerActor });
             if (!r.replayed) {
+              // Credits arrived: messages blocked for want of them may go now.
+              if (r.balances.available > 0) await scheduleDispatch(trx, org, { includeBlocked: true });
               await tenancy.recordAudit(trx, actor, {
                 action: kind === 'adjustments' ? 'credits.adjust' : 'credits.grant',
                 organizationId: org,

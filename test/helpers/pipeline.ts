@@ -1,0 +1,148 @@
+import { sql } from 'kysely';
+import { type Carrier, type CarrierSimulator, createTwilioCarrier, type FaultProfile, startCarrierSimulator } from '../../src/carriers/index.ts';
+import * as credits from '../../src/credits/index.ts';
+import { buildTaskList, startWorker, type WorkerHandle } from '../../src/jobs/index.ts';
+import type { MessageRow, SendDeps } from '../../src/messaging/index.ts';
+import { type Tenant, bearer, buildTestApp, createTenant, operatorKey, silentLog, type TestApp } from './app.ts';
+import { createTestDatabase, type TestDatabase } from './db.ts';
+
+/**
+ * The whole send path for tests: a test database, the carrier simulator, the
+ * Twilio adapter (official SDK over real HTTP), the API listening on a real
+ * loopback port (status callbacks reach it), and a worker running the real
+ * task list. Retry delays are shortened through the injected policy.
+ */
+export interface Pipeline {
+  tdb: TestDatabase;
+  app: TestApp;
+  apiUrl: string;
+  simulator: CarrierSimulator;
+  carrier: Carrier;
+  sendDeps: SendDeps;
+  worker: WorkerHandle | undefined;
+  op: string;
+  tenant: Tenant;
+  startWorker(): Promise<void>;
+  stopWorker(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startPipeline(options: { faults?: FaultProfile; seed?: number; withWorker?: boolean; timeoutMs?: number; senderMps?: number } = {}): Promise<Pipeline> {
+  const tdb = await createTestDatabase({ poolSize: 20 });
+  const simulator = await startCarrierSimulator({ seed: options.seed ?? 1, ...(options.faults && { faults: options.faults }) });
+  const account = simulator.accounts[0]!;
+  // The API must know its own URL before it listens: take a port first.
+  const { freePort } = await import('./ports.ts');
+  const port = await freePort();
+  const apiUrl = `http://127.0.0.1:${port}`;
+  const carrier = createTwilioCarrier({
+    accountSid: account.sid,
+    authToken: account.authToken,
+    baseUrl: simulator.url,
+    timeoutMs: options.timeoutMs ?? 2_000,
+    publicUrl: apiUrl,
+  });
+  const app = await buildTestApp(tdb, { carrier, publicUrl: apiUrl });
+  await app.listen({ host: '127.0.0.1', port });
+  const op = await operatorKey(tdb);
+  const tenant = await createTenant(app, op, 'Pipeline Co');
+  const sender = await app.inject({
+    method: 'POST',
+    url: '/v1/sender-numbers',
+    headers: bearer(tenant.workspaceKey),
+    payload: { phone_number: '+14155550100', mps: options.senderMps ?? 1000 },
+  });
+  if (sender.statusCode !== 201) throw new Error(`sender: ${sender.body}`);
+  const sendDeps: SendDeps = {
+    db: tdb.db,
+    carrier,
+    publicUrl: apiUrl,
+    log: silentLog,
+    breakers: new Map(),
+    retryDelayMs: () => 50,
+    lookupGraceMs: 0,
+  };
+  const pipeline: Pipeline = {
+    tdb,
+    app,
+    apiUrl,
+    simulator,
+    carrier,
+    sendDeps,
+    worker: undefined,
+    op,
+    tenant,
+    startWorker: async () => {
+      pipeline.worker = await startWorker({
+        pool: tdb.pool,
+        taskList: buildTaskList({ db: tdb.db, log: silentLog, send: sendDeps }),
+        concurrency: 4,
+        log: silentLog,
+        pollInterval: 50,
+      });
+    },
+    stopWorker: async () => {
+      await pipeline.worker?.stop();
+      pipeline.worker = undefined;
+    },
+    close: async () => {
+      await pipeline.stopWorker();
+      await app.close();
+      await simulator.stop();
+      await tdb.close();
+    },
+  };
+  if (options.withWorker !== false) await pipeline.startWorker();
+  return pipeline;
+}
+
+export async function grantCredits(p: Pipeline, amount: number, key = `grant-${Date.now()}-${Math.random()}`): Promise<void> {
+  await credits.grant(p.tdb.db, { organizationId: p.tenant.organizationId, amount, idempotencyKey: key, actor: { type: 'system', id: 'test' } });
+}
+
+export async function sendViaApi(
+  p: Pipeline,
+  body: { to: string; body: string; purpose?: string },
+  idempotencyKey?: string,
+): Promise<{ statusCode: number; json: Record<string, unknown> }> {
+  const res = await p.app.inject({
+    method: 'POST',
+    url: '/v1/messages',
+    headers: { ...bearer(p.tenant.workspaceKey), ...(idempotencyKey && { 'idempotency-key': idempotencyKey }) },
+    payload: { purpose: 'transactional', ...body },
+  });
+  return { statusCode: res.statusCode, json: res.json() as Record<string, unknown> };
+}
+
+export async function message(p: Pipeline, id: string): Promise<MessageRow> {
+  const { rows } = await sql<MessageRow>`select * from messages where id = ${id}`.execute(p.tdb.db);
+  if (rows[0] === undefined) throw new Error(`no message ${id}`);
+  return rows[0];
+}
+
+/** Poll until `check` returns a value (not undefined), or fail after `timeoutMs`. */
+export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 15_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+export async function waitForStatus(p: Pipeline, id: string, statuses: string[], timeoutMs = 15_000): Promise<MessageRow> {
+  return eventually(
+    async () => {
+      const m = await message(p, id);
+      return statuses.includes(m.status) ? m : undefined;
+    },
+    timeoutMs,
+    `${id} to reach ${statuses.join('|')}`,
+  );
+}

@@ -1,0 +1,270 @@
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as credits from '../src/credits/index.ts';
+import { sendBatch } from '../src/messaging/index.ts';
+import { bearer } from './helpers/app.ts';
+import { storedAccount } from './helpers/orgs.ts';
+import { eventually, grantCredits, message, type Pipeline, sendViaApi, startPipeline, waitForStatus } from './helpers/pipeline.ts';
+
+const TO = '+14155552671';
+
+describe('happy path and API contract', () => {
+  let p: Pipeline;
+  beforeAll(async () => {
+    p = await startPipeline();
+    await grantCredits(p, 100);
+  });
+  afterAll(async () => p.close());
+
+  it('a message goes planned → queued → sending → sent → delivered, captured once, one copy at the carrier', async () => {
+    const res = await sendViaApi(p, { to: '+1 (415) 555-2671', body: 'Your code is 1234' });
+    expect(res.statusCode).toBe(202);
+    expect(res.json).toMatchObject({ to: TO, segments: 1, encoding: 'GSM-7', cost: 1, status: 'planned' });
+    const id = res.json.id as string;
+    const m = await waitForStatus(p, id, ['delivered']);
+    expect(m.provider_sid).toMatch(/^SM/);
+    const detail = await p.app.inject({ method: 'GET', url: `/v1/messages/${id}`, headers: bearer(p.tenant.workspaceKey) });
+    expect(detail.json().events.map((e: { event: string }) => e.event)).toEqual(['created', 'reserved', 'claim', 'accepted', 'carrier_delivered']);
+    expect(p.simulator.log().filter((x) => x.to === TO && x.body === 'Your code is 1234')).toHaveLength(1);
+    const acc = await storedAccount(p.tdb.db, p.tenant.organizationId);
+    expect(acc).toMatchObject({ spent: 1, reservedPurchased: 0, purchased: 99 });
+  });
+
+  it('bad input is a 422 naming the field, and nothing is stored', async () => {
+    const before = (await sql<{ n: number }>`select count(*)::int as n from messages`.execute(p.tdb.db)).rows[0]!.n;
+    for (const [payload, field] of [
+      [{ to: '+1555', body: 'x' }, 'to'],
+      [{ to: 'not a phone', body: 'x' }, 'to'],
+      [{ to: TO, body: '' }, 'body'],
+      [{ to: TO, body: 'x'.repeat(1601) }, 'body'],
+      [{ to: TO, body: 'x', purpose: 'spam' }, 'purpose'],
+      [{ to: TO, body: 'x', send_at: 'tomorrow' }, 'send_at'],
+      [{ to: TO, body: 'x', colour: 'red' }, 'colour'],
+    ] as const) {
+      const res = await sendViaApi(p, payload as { to: string; body: string });
+      expect(res.statusCode, JSON.stringify(payload)).toBe(422);
+      expect((res.json.errors as { field: string }[]).map((e) => e.field)).toContain(field);
+    }
+    const after = (await sql<{ n: number }>`select count(*)::int as n from messages`.execute(p.tdb.db)).rows[0]!.n;
+    expect(after).toBe(before);
+  });
+
+  it('the same Idempotency-Key returns the same message; with another body it is 409', async () => {
+    const results = await Promise.all(Array.from({ length: 5 }, () => sendViaApi(p, { to: TO, body: 'Order #77 shipped' }, 'order-77')));
+    const ids = new Set(results.map((r) => r.json.id));
+    expect(ids.size).toBe(1);
+    expect(results.filter((r) => r.statusCode === 202)).toHaveLength(1);
+    expect(results.filter((r) => r.statusCode === 200)).toHaveLength(4);
+    const conflict = await sendViaApi(p, { to: TO, body: 'Order #78 shipped' }, 'order-77');
+    expect(conflict.statusCode).toBe(409);
+    await waitForStatus(p, [...ids][0] as string, ['delivered']);
+    expect(p.simulator.log().filter((x) => x.body === 'Order #77 shipped')).toHaveLength(1);
+  });
+
+  it('lists with filters, and another tenant sees nothing (404 on the message)', async () => {
+    const list = await p.app.inject({ method: 'GET', url: `/v1/messages?status=delivered&to=${encodeURIComponent(TO)}`, headers: bearer(p.tenant.workspaceKey) });
+    expect(list.statusCode).toBe(200);
+    expect(list.json().data.length).toBeGreaterThanOrEqual(2);
+    expect(list.json().data.every((m: { status: string }) => m.status === 'delivered')).toBe(true);
+    const { createTenant } = await import('./helpers/app.ts');
+    const other = await createTenant(p.app, p.op, 'Other');
+    const id = list.json().data[0].id;
+    expect((await p.app.inject({ method: 'GET', url: `/v1/messages/${id}`, headers: bearer(other.workspaceKey) })).statusCode).toBe(404);
+    expect((await p.app.inject({ method: 'GET', url: '/v1/messages', headers: bearer(other.workspaceKey) })).json().data).toEqual([]);
+  });
+
+  it('forged or unsigned status callbacks are 403 and change nothing', async () => {
+    const res = await sendViaApi(p, { to: TO, body: 'forgery target' });
+    const id = res.json.id as string;
+    const m = await waitForStatus(p, id, ['delivered']);
+    const form = new URLSearchParams({ MessageSid: m.provider_sid!, MessageStatus: 'undelivered', ErrorCode: '30003' }).toString();
+    for (const headers of [{}, { 'x-twilio-signature': 'bm90IGEgc2lnbmF0dXJl' }]) {
+      const forged = await fetch(`${p.apiUrl}/webhooks/twilio/status?message_id=${id}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+        body: form,
+      });
+      expect(forged.status).toBe(403);
+    }
+    expect((await message(p, id)).status).toBe('delivered');
+  });
+});
+
+describe('credits gate the pipeline (G1)', () => {
+  let p: Pipeline;
+  beforeAll(async () => {
+    p = await startPipeline();
+  });
+  afterAll(async () => p.close());
+
+  it('sends what is paid for, blocks the rest, and resumes them when credits arrive', async () => {
+    await grantCredits(p, 3);
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push((await sendViaApi(p, { to: TO, body: `gate ${i}` })).json.id as string);
+    const blocked = await eventually(async () => {
+      const rows = await Promise.all(ids.map((id) => message(p, id)));
+      return rows.filter((r) => r.status === 'blocked').length === 2 && rows.filter((r) => r.status === 'delivered').length === 3 ? rows : undefined;
+    });
+    expect(blocked.filter((r) => r.status === 'blocked').every((r) => r.status_reason === 'insufficient_credits')).toBe(true);
+    expect(p.simulator.log().filter((x) => x.body.startsWith('gate '))).toHaveLength(3);
+    const grant = await p.app.inject({
+      method: 'POST',
+      url: `/v1/organizations/${p.tenant.organizationId}/credits/grants`,
+      headers: bearer(p.op),
+      payload: { amount: 10, reason: 'top-up', idempotency_key: 'top-up-1' },
+    });
+    expect(grant.statusCode).toBe(201);
+    for (const id of ids) await waitForStatus(p, id, ['delivered']);
+    expect(p.simulator.log().filter((x) => x.body.startsWith('gate '))).toHaveLength(5);
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  });
+
+  it('a gate that closes after reservation stops the claim and releases the credits (G6)', async () => {
+    await p.stopWorker();
+    const id = (await sendViaApi(p, { to: TO, body: 'frozen' })).json.id as string;
+    // dispatch by hand: reserved and queued, not yet claimed
+    const { dispatchOrganization } = await import('../src/messaging/index.ts');
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    expect((await message(p, id)).status).toBe('queued');
+    await sql`update organizations set frozen_at = now() where id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+    await sendBatch(p.sendDeps, [id]);
+    const m = await message(p, id);
+    expect(m).toMatchObject({ status: 'blocked', status_reason: 'organization_frozen', reservation_id: null });
+    expect(p.simulator.log().filter((x) => x.body === 'frozen')).toHaveLength(0);
+    expect((await storedAccount(p.tdb.db, p.tenant.organizationId)).reservedPurchased).toBe(0);
+    await sql`update organizations set frozen_at = null where id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+    await p.startWorker();
+  });
+});
+
+describe('exactly one claim wins (G2)', () => {
+  let p: Pipeline;
+  beforeAll(async () => {
+    p = await startPipeline({ withWorker: false });
+    await grantCredits(p, 100);
+  });
+  afterAll(async () => p.close());
+
+  it('five concurrent send steps over the same batch send each message once', async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) ids.push((await sendViaApi(p, { to: TO, body: `race ${i}` })).json.id as string);
+    const { dispatchOrganization } = await import('../src/messaging/index.ts');
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    const results = await Promise.all(Array.from({ length: 5 }, () => sendBatch(p.sendDeps, ids)));
+    expect(results.reduce((s, r) => s + r.attempted, 0)).toBe(20);
+    for (let i = 0; i < 20; i++) expect(p.simulator.log().filter((x) => x.body === `race ${i}`)).toHaveLength(1);
+    const acc = await eventually(async () => {
+      const a = await storedAccount(p.tdb.db, p.tenant.organizationId);
+      return a.spent === 20 ? a : undefined;
+    });
+    expect(acc.reservedPurchased).toBe(0);
+  });
+});
+
+describe('carrier faults', () => {
+  it('a permanent error fails the message and releases its credits', async () => {
+    const p = await startPipeline({ faults: { errors: { '21211': 1 } } });
+    try {
+      await grantCredits(p, 5);
+      const id = (await sendViaApi(p, { to: TO, body: 'permanent' })).json.id as string;
+      const m = await waitForStatus(p, id, ['failed']);
+      expect(m).toMatchObject({ status_reason: 'carrier_error', error_code: 21211, attempts: 1 });
+      expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ purchased: 5, spent: 0, reservedPurchased: 0 });
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('transient errors are retried with backoff, keeping the reservation, then succeed', async () => {
+    const p = await startPipeline({ faults: { errors: { '20429': 1 } } });
+    try {
+      await grantCredits(p, 5);
+      const id = (await sendViaApi(p, { to: TO, body: 'transient' })).json.id as string;
+      await eventually(async () => ((await message(p, id)).attempts >= 2 ? true : undefined));
+      expect((await storedAccount(p.tdb.db, p.tenant.organizationId)).reservedPurchased).toBe(1);
+      p.simulator.setFaults({});
+      const m = await waitForStatus(p, id, ['delivered']);
+      expect(m.attempts).toBeGreaterThanOrEqual(3);
+      expect(p.simulator.log().filter((x) => x.body === 'transient')).toHaveLength(1);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('transient errors past the attempt limit fail and release', async () => {
+    const p = await startPipeline({ faults: { errors: { '20503': 1 } } });
+    try {
+      await grantCredits(p, 5);
+      const id = (await sendViaApi(p, { to: TO, body: 'exhausted' })).json.id as string;
+      const m = await waitForStatus(p, id, ['failed'], 20_000);
+      expect(m).toMatchObject({ status_reason: 'attempts_exhausted', attempts: 5 });
+      expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ purchased: 5, reservedPurchased: 0 });
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('an answer dropped after the carrier accepted: unknown, then settled by the callback, charged once, never resent', async () => {
+    const p = await startPipeline({ faults: { dropAfterAccept: 1 } });
+    try {
+      await grantCredits(p, 5);
+      const id = (await sendViaApi(p, { to: TO, body: 'dropped' })).json.id as string;
+      const m = await waitForStatus(p, id, ['delivered']);
+      const events = (await sql<{ event: string }>`select event from message_events where message_id = ${id} order by seq`.execute(p.tdb.db)).rows.map((r) => r.event);
+      expect(events).toContain('claim');
+      expect(m.provider_sid).toMatch(/^SM/);
+      expect(p.simulator.log().filter((x) => x.body === 'dropped')).toHaveLength(1);
+      expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ spent: 1, reservedPurchased: 0 });
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('no answer at all (timeout after hand-off): unknown, keeps the reservation, settled by the callback', async () => {
+    const p = await startPipeline({ faults: { hangAfterAccept: 1 }, timeoutMs: 300 });
+    try {
+      await grantCredits(p, 5);
+      const id = (await sendViaApi(p, { to: TO, body: 'hung' })).json.id as string;
+      await waitForStatus(p, id, ['delivered']);
+      const events = (await sql<{ event: string }>`select event from message_events where message_id = ${id} order by seq`.execute(p.tdb.db)).rows.map((r) => r.event);
+      expect(events.slice(0, 3)).toEqual(['created', 'reserved', 'claim']);
+      expect(p.simulator.log().filter((x) => x.body === 'hung')).toHaveLength(1);
+      expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ spent: 1, reservedPurchased: 0 });
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('an outage that refuses connections: not sent, retried until the carrier is back', async () => {
+    const p = await startPipeline({ faults: { outages: [{ startMs: 0, endMs: 1_500 }], outageMode: 'refuse' } });
+    try {
+      await grantCredits(p, 5);
+      const id = (await sendViaApi(p, { to: TO, body: 'outage' })).json.id as string;
+      const m = await waitForStatus(p, id, ['delivered'], 20_000);
+      expect(m.attempts).toBeGreaterThanOrEqual(2);
+      expect(p.simulator.log().filter((x) => x.body === 'outage')).toHaveLength(1);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('duplicated and reordered callbacks: statuses only move forward, undelivered is refunded exactly once', async () => {
+    const p = await startPipeline({ faults: { duplicateCallbacks: 1, reorderCallbacks: 1, finalStatus: { undelivered: 1 } } });
+    try {
+      await grantCredits(p, 5);
+      const ids: string[] = [];
+      for (let i = 0; i < 5; i++) ids.push((await sendViaApi(p, { to: TO, body: `dup ${i}` })).json.id as string);
+      for (const id of ids) await waitForStatus(p, id, ['undelivered']);
+      // let the late duplicates land, then check nothing moved again
+      await eventually(async () => (p.simulator.stats().callbacks.posted >= 20 ? true : undefined));
+      for (const id of ids) expect((await message(p, id)).status).toBe('undelivered');
+      const kinds = (await sql<{ kind: string; n: number }>`select kind, count(*)::int as n from ledger_entries
+        where organization_id = ${p.tenant.organizationId} group by kind order by kind`.execute(p.tdb.db)).rows;
+      expect(Object.fromEntries(kinds.map((k) => [k.kind, k.n]))).toEqual({ grant: 1, reserve: 5, capture: 5, refund: 5 });
+      expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ purchased: 5, spent: 0, reservedPurchased: 0 });
+      expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+    } finally {
+      await p.close();
+    }
+  });
+});
