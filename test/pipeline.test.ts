@@ -78,7 +78,7 @@ describe('happy path and API contract', () => {
     const id = res.json.id as string;
     const m = await waitForStatus(p, id, ['delivered']);
     const form = new URLSearchParams({ MessageSid: m.provider_sid!, MessageStatus: 'undelivered', ErrorCode: '30003' }).toString();
-    for (const headers of [{}, { 'x-twilio-signature': 'bm90IGEgc2lnbmF0dXJl' }]) {
+    for (const headers of [{}, { 'x-twilio-signature': 'bm90IGEgc2lnbmF0dXJl' }] as Record<string, string>[]) {
       const forged = await fetch(`${p.apiUrl}/webhooks/twilio/status?message_id=${id}`, {
         method: 'POST',
         headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
