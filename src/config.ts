@@ -24,6 +24,8 @@ export interface Config {
   /** Port of the built-in carrier simulator (`credence start` without Twilio credentials). */
   simulatorPort: number;
   carrierTimeoutMs: number;
+  /** How long a claimed message may stay `sending` before reconciliation looks at it. */
+  sendLeaseMs: number;
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -120,6 +122,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     twilio: undefined,
     simulatorPort: read('SIMULATOR_PORT', integer(0, 65535), 3001),
     carrierTimeoutMs: read('CARRIER_TIMEOUT_MS', integer(100, 120_000), 10_000),
+    sendLeaseMs: read('SEND_LEASE_MS', integer(1_000, 3_600_000), 120_000),
   };
 
   const sid = read('TWILIO_ACCOUNT_SID', nonEmpty, undefined);

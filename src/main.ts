@@ -157,7 +157,14 @@ export async function startCredence(
         taskList: buildTaskList({
           db,
           log,
-          send: { db, carrier, publicUrl: config.publicUrl, log, breakers: new Map<string, BreakerState>() },
+          send: {
+            db,
+            carrier,
+            publicUrl: config.publicUrl,
+            log,
+            breakers: new Map<string, BreakerState>(),
+            leaseMs: config.sendLeaseMs,
+          },
         }),
         crontab: CRONTAB,
         concurrency: config.workerConcurrency,

@@ -27,9 +27,22 @@ export interface Pipeline {
   close(): Promise<void>;
 }
 
-export async function startPipeline(options: { faults?: FaultProfile; seed?: number; withWorker?: boolean; timeoutMs?: number; senderMps?: number } = {}): Promise<Pipeline> {
+export async function startPipeline(
+  options: {
+    faults?: FaultProfile;
+    seed?: number;
+    withWorker?: boolean;
+    timeoutMs?: number;
+    senderMps?: number;
+    callbackDelayMs?: { sent: [number, number]; final: [number, number] };
+  } = {},
+): Promise<Pipeline> {
   const tdb = await createTestDatabase({ poolSize: 20 });
-  const simulator = await startCarrierSimulator({ seed: options.seed ?? 1, ...(options.faults && { faults: options.faults }) });
+  const simulator = await startCarrierSimulator({
+    seed: options.seed ?? 1,
+    ...(options.faults && { faults: options.faults }),
+    ...(options.callbackDelayMs && { callbackDelayMs: options.callbackDelayMs }),
+  });
   const account = simulator.accounts[0]!;
   // The API must know its own URL before it listens: take a port first.
   const { freePort } = await import('./ports.ts');

@@ -1,0 +1,104 @@
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as credits from '../src/credits/index.ts';
+import { reconcile } from '../src/messaging/index.ts';
+import { storedAccount } from './helpers/orgs.ts';
+import { eventually, grantCredits, message, type Pipeline, sendViaApi, startPipeline, waitForStatus } from './helpers/pipeline.ts';
+import { killAllSpawned, type Spawned, spawnCredence } from './helpers/process.ts';
+
+/**
+ * G2/G3 with real processes: a separate `credence worker` process is killed
+ * with SIGKILL while the carrier holds its request (accepted, not yet
+ * answered), so the outcome is never recorded by the worker.
+ */
+let p: Pipeline;
+let home: string;
+
+beforeAll(async () => {
+  // Callbacks come late (after the kill); the carrier accepts and never answers.
+  p = await startPipeline({ withWorker: false, faults: { hangAfterAccept: 1 }, callbackDelayMs: { sent: [1500, 1500], final: [200, 200] } });
+  home = await fs.mkdtemp(path.join(os.tmpdir(), 'credence-crash-'));
+});
+afterAll(async () => {
+  await killAllSpawned();
+  await p.close();
+  await fs.rm(home, { recursive: true, force: true });
+});
+
+function startWorkerProcess(): Spawned {
+  const account = p.simulator.accounts[0]!;
+  return spawnCredence(['worker'], {
+    DATABASE_URL: p.tdb.url,
+    CREDENCE_HOME: home,
+    TWILIO_ACCOUNT_SID: account.sid,
+    TWILIO_AUTH_TOKEN: account.authToken,
+    TWILIO_API_URL: p.simulator.url,
+    PUBLIC_URL: p.apiUrl,
+    CARRIER_TIMEOUT_MS: '30000',
+    SEND_LEASE_MS: '2000',
+    LOG_LEVEL: 'info',
+  });
+}
+
+describe('a worker killed after the carrier accepted', () => {
+  it('leaves exactly one copy at the carrier, and the message ends sent via its callback, charged once', async () => {
+    await grantCredits(p, 10);
+    const worker = startWorkerProcess();
+    await worker.waitFor(/Credence is running/, 60_000);
+    const id = (await sendViaApi(p, { to: '+14155552671', body: 'crash me' })).json.id as string;
+    // The carrier has it; the worker is waiting for an answer that never comes.
+    await eventually(async () => (p.simulator.log().some((m) => m.body === 'crash me') ? true : undefined), 20_000, 'carrier acceptance');
+    expect((await message(p, id)).status).toBe('sending');
+    worker.child.kill('SIGKILL');
+    await worker.exited;
+
+    const settled = await waitForStatus(p, id, ['sent', 'delivered'], 20_000);
+    expect(settled.provider_sid).toBe(p.simulator.log().find((m) => m.body === 'crash me')!.sid);
+
+    // A new worker and reconciliation after the lease: nothing is sent again.
+    const second = startWorkerProcess();
+    await second.waitFor(/Credence is running/, 60_000);
+    await reconcile(p.sendDeps);
+    await waitForStatus(p, id, ['delivered'], 20_000);
+    second.child.kill('SIGTERM');
+    expect((await second.exited).code).toBe(0);
+    expect(p.simulator.log().filter((m) => m.body === 'crash me')).toHaveLength(1);
+    expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ spent: 1, reservedPurchased: 0 });
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  }, 120_000);
+
+  it('killed mid-batch: every message ends sent exactly once or is sent again only when the carrier never had it', async () => {
+    p.simulator.setFaults({ hangAfterAccept: 0.5, latencyMs: { min: 0, max: 30 } });
+    await grantCredits(p, 100);
+    const worker = startWorkerProcess();
+    await worker.waitFor(/Credence is running/, 60_000);
+    const ids: string[] = [];
+    for (let i = 0; i < 30; i++) ids.push((await sendViaApi(p, { to: '+14155552671', body: `batch ${i}` })).json.id as string);
+    await eventually(async () => (p.simulator.log().filter((m) => m.body.startsWith('batch ')).length >= 10 ? true : undefined), 20_000);
+    worker.child.kill('SIGKILL');
+    await worker.exited;
+
+    // Recovery: the carrier answers normally again, a fresh worker runs, reconciliation settles the rest.
+    p.simulator.setFaults({});
+    const next = startWorkerProcess();
+    await next.waitFor(/Credence is running/, 60_000);
+    await eventually(
+      async () => {
+        await reconcile(p.sendDeps);
+        const rows = await Promise.all(ids.map((id) => message(p, id)));
+        return rows.every((r) => r.status === 'delivered') ? rows : undefined;
+      },
+      60_000,
+      'every batch message delivered',
+    );
+    next.child.kill('SIGTERM');
+    await next.exited;
+    for (let i = 0; i < 30; i++) expect(p.simulator.log().filter((m) => m.body === `batch ${i}`), `batch ${i}`).toHaveLength(1);
+    const spent = (await sql<{ s: number }>`select coalesce(sum(spent_delta),0)::bigint as s from ledger_entries where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db)).rows[0]!.s;
+    expect(spent).toBe(31);
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  }, 180_000);
+});
