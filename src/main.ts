@@ -2,13 +2,20 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type pg from 'pg';
-import { type Carrier, type CarrierSimulator, createTwilioCarrier, startCarrierSimulator } from './carriers/index.ts';
-import type { BreakerState } from './messaging/index.ts';
-import type { Config } from './config.ts';
+import {
+  type Carrier,
+  type CarrierSimulator,
+  createTwilioCarrier,
+  type FaultProfile,
+  parseFaultProfile,
+  startCarrierSimulator,
+} from './carriers/index.ts';
+import { type BreakerState, type Dispatcher, startDispatcher } from './messaging/index.ts';
+import { type Config, ConfigError } from './config.ts';
 import { createDb, createPool, type Db } from './db/db.ts';
 import { type EmbeddedPostgres, startEmbeddedPostgres } from './db/embedded.ts';
 import { migrate } from './db/migrate.ts';
-import { buildApp } from './http/app.ts';
+import { buildApp, closeApp } from './http/app.ts';
 import { buildTaskList, CRONTAB, startWorker, type WorkerHandle } from './jobs/index.ts';
 import type { Logger } from './shared/logger.ts';
 import { bootstrapOperatorKey, type CreatedKey } from './tenancy/index.ts';
@@ -73,6 +80,29 @@ async function simulatorAccount(home: string): Promise<{ sid: string; authToken:
   return account;
 }
 
+/** `credence simulator`: the carrier simulator on its own, with the shared credentials. */
+export async function startSimulatorProcess(config: Config, log: Logger, faultsJson: string | undefined): Promise<CarrierSimulator> {
+  let faults: FaultProfile | undefined;
+  if (faultsJson !== undefined && faultsJson !== '') {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(faultsJson);
+    } catch {
+      throw new ConfigError([{ variable: 'SIMULATOR_FAULTS', problem: 'must be JSON' }]);
+    }
+    const parsed = parseFaultProfile(raw);
+    if (!parsed.ok) throw new ConfigError([{ variable: 'SIMULATOR_FAULTS', problem: parsed.errors.join('; ') }]);
+    faults = parsed.profile;
+  }
+  return startCarrierSimulator({
+    accounts: [await simulatorAccount(config.home)],
+    port: config.simulatorPort,
+    inboundUrl: `${config.publicUrl}/webhooks/twilio/inbound`,
+    log: log.child({ component: 'carrier-simulator' }),
+    ...(faults && { faults }),
+  });
+}
+
 export interface CarrierSetup {
   carrier: Carrier;
   simulator: CarrierSimulator | undefined;
@@ -133,6 +163,7 @@ export async function startCredence(
   let worker: WorkerHandle | undefined;
   let app: Awaited<ReturnType<typeof buildApp>> | undefined;
   let simulator: CarrierSimulator | undefined;
+  let dispatcher: Dispatcher | undefined;
   try {
     const carrierSetup = await openCarrier(config, log, roles.simulator ?? false);
     const { carrier } = carrierSetup;
@@ -152,6 +183,7 @@ export async function startCredence(
     }
     let failed: Promise<Error> = new Promise(() => {});
     if (roles.worker) {
+      dispatcher = await startDispatcher({ pool, db, log });
       worker = await startWorker({
         pool,
         taskList: buildTaskList({
@@ -179,14 +211,17 @@ export async function startCredence(
     let stopping: Promise<void> | undefined;
     const stop = () => {
       stopping ??= (async () => {
-        // Order matters: stop taking requests, let in-flight jobs finish (or
-        // release them), then close the pool, and stop PostgreSQL last.
-        await app
-          ?.close()
-          .catch((err: unknown) => log.warn({ err }, 'closing the HTTP server failed'));
-        await worker
-          ?.stop()
-          .catch((err: unknown) => log.warn({ err }, 'stopping the worker failed'));
+        // Order matters: stop taking requests, stop dispatching, let in-flight
+        // jobs finish (or release them), stop the simulator, then close the
+        // pool, and stop PostgreSQL last.
+        const step = async (name: string, fn: () => Promise<void>) => {
+          await fn().catch((err: unknown) => log.warn({ err }, `${name} failed`));
+          log.debug(`${name} done`);
+        };
+        if (app) await step('closing the HTTP server', () => closeApp(app!));
+        if (dispatcher) await step('stopping the dispatcher', () => dispatcher!.stop());
+        if (worker) await step('stopping the worker', () => worker!.stop());
+        if (simulator) await step('stopping the carrier simulator', () => simulator!.stop());
         await database.close();
       })();
       return stopping;
@@ -194,6 +229,7 @@ export async function startCredence(
     return { url, operatorKey, database, simulator, failed, stop };
   } catch (err) {
     await app?.close().catch(() => {});
+    await dispatcher?.stop().catch(() => {});
     await worker?.stop().catch(() => {});
     await simulator?.stop().catch(() => {});
     await database.close();

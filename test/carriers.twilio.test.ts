@@ -134,7 +134,7 @@ describe('send', () => {
 
   it('answers not_sent for a request that timed out still waiting for a connection', async () => {
     sim.setFaults({ hangAfterAccept: 1 });
-    const oneSocket = adapter({ timeoutMs: 200, maxSockets: 1 });
+    const oneSocket = adapter({ timeoutMs: 1_500, maxSockets: 1 });
     const [first, second] = await Promise.all([oneSocket.send(request({ body: 'holds the socket' })), oneSocket.send(request({ body: 'queued behind' }))]);
     expect(first).toMatchObject({ outcome: 'unknown' });
     expect(second).toMatchObject({ outcome: 'not_sent' });

@@ -1,7 +1,6 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as credits from '../src/credits/index.ts';
 import { reconcile } from '../src/messaging/index.ts';
@@ -66,7 +65,12 @@ describe('a worker killed after the carrier accepted', () => {
     second.child.kill('SIGTERM');
     expect((await second.exited).code).toBe(0);
     expect(p.simulator.log().filter((m) => m.body === 'crash me')).toHaveLength(1);
-    expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ spent: 1, reservedPurchased: 0 });
+    // The dead worker never captured it; reconciliation does, once its lease is over (G3).
+    await eventually(async () => {
+      await reconcile(p.sendDeps);
+      const acc = await storedAccount(p.tdb.db, p.tenant.organizationId);
+      return acc.spent === 1 && acc.reservedPurchased === 0 ? acc : undefined;
+    }, 20_000, 'capture by reconciliation');
     expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
   }, 120_000);
 
@@ -83,22 +87,30 @@ describe('a worker killed after the carrier accepted', () => {
 
     // Recovery: the carrier answers normally again, a fresh worker runs, reconciliation settles the rest.
     p.simulator.setFaults({});
+    let lastSeen = '';
     const next = startWorkerProcess();
     await next.waitFor(/Credence is running/, 60_000);
     await eventually(
       async () => {
         await reconcile(p.sendDeps);
         const rows = await Promise.all(ids.map((id) => message(p, id)));
-        return rows.every((r) => r.status === 'delivered') ? rows : undefined;
+        if (rows.every((r) => r.status === 'delivered')) return rows;
+        lastSeen = rows.filter((r) => r.status !== 'delivered').map((r) => `${r.id}:${r.status}:${r.status_reason}:${r.attempts}`).join(' ');
+        return undefined;
       },
-      60_000,
+      120_000,
       'every batch message delivered',
-    );
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; not delivered: ${lastSeen}`);
+    });
     next.child.kill('SIGTERM');
     await next.exited;
     for (let i = 0; i < 30; i++) expect(p.simulator.log().filter((m) => m.body === `batch ${i}`), `batch ${i}`).toHaveLength(1);
-    const spent = (await sql<{ s: number }>`select coalesce(sum(spent_delta),0)::bigint as s from ledger_entries where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db)).rows[0]!.s;
-    expect(spent).toBe(31);
+    await eventually(async () => {
+      await reconcile(p.sendDeps);
+      const acc = await storedAccount(p.tdb.db, p.tenant.organizationId);
+      return acc.spent === 31 && acc.reservedPurchased === 0 ? acc : undefined;
+    }, 20_000, 'every delivered message captured');
     expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
   }, 180_000);
 });

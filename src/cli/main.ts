@@ -14,6 +14,11 @@ const COMMANDS: Record<string, { summary: string; usage: string }> = {
     usage: 'credence worker',
   },
   migrate: { summary: 'Apply pending database migrations (idempotent)', usage: 'credence migrate' },
+  simulator: {
+    summary:
+      'Run the Twilio-compatible carrier simulator alone (credentials in $CREDENCE_HOME/simulator.json; faults from SIMULATOR_FAULTS as JSON)',
+    usage: 'credence simulator',
+  },
   ledger: {
     summary: 'Ledger tools: `credence ledger verify` recomputes every account from its entries; non-zero exit on any mismatch',
     usage: 'credence ledger verify',
@@ -86,14 +91,14 @@ async function serve(config: Config, log: Logger, roles: Roles): Promise<number>
       if (shuttingDown) {
         if (reason === 'component failure') return;
         log.warn('second signal: stopping now');
-        void running.database.embedded?.stop('fast').finally(() => resolve(130));
+        void Promise.resolve(running.database.embedded?.stop('fast')).finally(() => resolve(130));
         return;
       }
       shuttingDown = true;
       log.info({ reason }, 'shutting down');
       const timer = setTimeout(() => {
         log.error({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown timed out');
-        void running.database.embedded?.stop('fast').finally(() => resolve(1));
+        void Promise.resolve(running.database.embedded?.stop('fast')).finally(() => resolve(1));
       }, config.shutdownTimeoutMs);
       void running.stop().then(() => {
         clearTimeout(timer);
@@ -175,6 +180,18 @@ export async function main(argv: string[]): Promise<number> {
       } finally {
         await database.close();
       }
+    }
+    case 'simulator': {
+      const { startSimulatorProcess } = await import('../main.ts');
+      const sim = await startSimulatorProcess(config, log, process.env.SIMULATOR_FAULTS);
+      process.stdout.write(
+        `Carrier simulator listening on ${sim.url}\n  account: ${sim.accounts[0]?.sid}\n  log:     ${sim.url}/_sim/log\n  faults:  ${sim.url}/_sim/faults\nPress Ctrl-C to stop.\n`,
+      );
+      return new Promise<number>((resolve) => {
+        const stop = () => void sim.stop().then(() => resolve(0));
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
     }
     case 'ledger': {
       if (rest[0] !== 'verify') {

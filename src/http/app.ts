@@ -56,13 +56,6 @@ export async function buildApp(deps: AppDeps) {
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.decorateRequest('principal', null);
-  // Graceful close: in-flight requests finish, but keep-alive connections
-  // (webhook senders, load balancers) are closed as soon as they go idle,
-  // rather than holding the shutdown open until their keep-alive timeout.
-  app.addHook('preClose', async () => {
-    const timer = setInterval(() => app.server.closeIdleConnections(), 100);
-    app.server.once('close', () => clearInterval(timer));
-  });
   app.addSchema(Problem);
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
@@ -109,3 +102,17 @@ export async function buildApp(deps: AppDeps) {
 }
 
 export type App = Awaited<ReturnType<typeof buildApp>>;
+
+/**
+ * Graceful close: in-flight requests finish, but keep-alive connections
+ * (webhook senders, load balancers) are closed as soon as they go idle,
+ * rather than holding the shutdown open until their keep-alive timeout.
+ */
+export async function closeApp(app: App): Promise<void> {
+  const timer = setInterval(() => app.server.closeIdleConnections(), 100);
+  try {
+    await app.close();
+  } finally {
+    clearInterval(timer);
+  }
+}

@@ -1,5 +1,6 @@
 export { type BreakerState, CLOSED as BREAKER_CLOSED } from './breaker.ts';
 export { CARRIER_ERRORS, classifyCarrierError, type ErrorClass } from './carrierErrors.ts';
+export { type Dispatcher, notifyDispatch, startDispatcher } from './dispatcher.ts';
 export { DISPATCH_BATCH, type DispatchReport, dispatchOrganization, enqueueSends, SEND_BATCH } from './dispatch.ts';
 export {
   type ApiMessageInput,

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
-import type { DbOrTx, Tx } from '../db/db.ts';
+import type { DbOrTx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { DomainError, validationError } from '../shared/errors.ts';
 import { newId } from '../shared/ids.ts';
@@ -8,6 +8,8 @@ import * as store from './messages.store.ts';
 import { parsePhone } from './phone.ts';
 import { messageCost, type PriceList } from './pricing.ts';
 import { countSegments } from './segments.ts';
+import { DISPATCH_CHANNEL } from './dispatcher.ts';
+import { inTransaction } from '../credits/index.ts';
 import { resolveSender } from './senders.ts';
 
 export const MAX_BODY = 1600;
@@ -40,6 +42,23 @@ export function priceMessage(to: string, body: string, priceList: PriceList | un
 export async function organizationPriceList(db: DbOrTx, organizationId: string): Promise<PriceList | undefined> {
   const { rows } = await sql<{ price_list: PriceList | null }>`select price_list from organizations where id = ${organizationId}`.execute(db);
   return rows[0]?.price_list ?? undefined;
+}
+
+/**
+ * Per-process cache of slow-changing intake lookups (price lists, default
+ * senders), so the hot path of POST /v1/messages is one statement. A change
+ * takes effect within `CACHE_TTL_MS`; the claim step re-checks the sender's
+ * rate row anyway.
+ */
+const CACHE_TTL_MS = 10_000;
+const cache = new Map<string, { at: number; value: unknown }>();
+async function cached<T>(key: string, load: () => Promise<T>): Promise<T> {
+  const hit = cache.get(key);
+  if (hit !== undefined && Date.now() - hit.at < CACHE_TTL_MS) return hit.value as T;
+  const value = await load();
+  if (cache.size > 10_000) cache.clear();
+  cache.set(key, { at: Date.now(), value });
+  return value;
 }
 
 /** Wake the organization's dispatcher (in the caller's transaction). */
@@ -98,45 +117,48 @@ export async function createApiMessage(
     throw validationError('Idempotency-Key', 'must be 1 to 255 characters');
   }
   const hash = requestHash(input);
-  const dedupeKey = idempotencyKey === undefined ? undefined : `api:${idempotencyKey}`;
-  if (dedupeKey !== undefined) {
-    const existing = await store.findByDedupeKey(db, scope.workspaceId, dedupeKey);
-    if (existing !== undefined) return replay(existing, hash);
-  }
-  const priced = priceMessage(input.to, input.body, await organizationPriceList(db, scope.organizationId));
-  const from = await resolveSender(db, scope.workspaceId, input.from);
+  const priceList = await cached(`price:${scope.organizationId}`, () => organizationPriceList(db, scope.organizationId));
+  const priced = priceMessage(input.to, input.body, priceList);
+  const from = await cached(`sender:${scope.workspaceId}:${input.from ?? ''}`, () => resolveSender(db, scope.workspaceId, input.from));
   const id = newId('msg');
-  const run = async (trx: Tx): Promise<Intake> => {
-    const [row] = await store.insertMessages(trx, [
-      {
-        id,
-        organization_id: scope.organizationId,
-        workspace_id: scope.workspaceId,
-        dedupe_key: dedupeKey ?? `api:${id}`,
-        request_hash: hash,
-        producer: 'api',
-        campaign_id: null,
-        purpose: input.purpose,
-        to_number: priced.to,
-        country: priced.country,
-        from_number: from,
-        body: input.body,
-        encoding: priced.encoding,
-        segments: priced.segments,
-        cost: priced.cost,
-        send_at: sendAt,
-      },
-    ]);
-    if (row === undefined) {
-      // A concurrent request with the same key won the insert: answer with its message.
-      const existing = await store.findByDedupeKey(trx, scope.workspaceId, dedupeKey!);
-      if (existing === undefined) throw new Error('dedupe conflict without a row');
-      return replay(existing, hash);
-    }
-    await scheduleDispatch(trx, scope.organizationId, { runAt: sendAt });
-    return { message: row, created: true };
+  const dedupeKey = idempotencyKey === undefined ? `api:${id}` : `api:${idempotencyKey}`;
+  const scheduled = sendAt.getTime() > Date.now();
+  const row: store.NewMessage = {
+    id,
+    organization_id: scope.organizationId,
+    workspace_id: scope.workspaceId,
+    dedupe_key: dedupeKey,
+    request_hash: hash,
+    producer: 'api',
+    campaign_id: null,
+    purpose: input.purpose,
+    to_number: priced.to,
+    country: priced.country,
+    from_number: from,
+    body: input.body,
+    encoding: priced.encoding,
+    segments: priced.segments,
+    cost: priced.cost,
+    send_at: sendAt,
   };
-  return db.isTransaction ? run(db as Tx) : db.transaction().execute(run);
+  let inserted: store.MessageRow | undefined;
+  if (scheduled) {
+    // A scheduled send also needs its dispatch job: one transaction.
+    inserted = await inTransaction(db, async (trx) => {
+      const [r] = await store.insertMessages(trx, [row]);
+      if (r !== undefined) await scheduleDispatch(trx, scope.organizationId, { runAt: sendAt });
+      return r;
+    });
+  } else {
+    // The hot path: one statement inserts the message and its event and
+    // notifies the dispatchers (delivered on commit).
+    [inserted] = await store.insertMessages(db, [row], 'planned', { channel: DISPATCH_CHANNEL, organizationId: scope.organizationId });
+  }
+  if (inserted !== undefined) return { message: inserted, created: true };
+  // The idempotency key was taken (maybe by a concurrent request): answer with that message.
+  const existing = await store.findByDedupeKey(db, scope.workspaceId, dedupeKey);
+  if (existing === undefined) throw new Error('dedupe conflict without a row');
+  return replay(existing, hash);
 }
 
 function replay(existing: store.MessageRow, hash: string): Intake {

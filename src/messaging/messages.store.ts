@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import type { DbOrTx, Tx } from '../db/db.ts';
+import type { DbOrTx } from '../db/db.ts';
 import type { MessageEvent, MessageStatus } from './states.ts';
 import { sourcesOf, targetOf } from './states.ts';
 
@@ -64,7 +64,13 @@ export type NewMessage = Pick<
  * nothing (the unique index is the guarantee, not a prior SELECT). Returns
  * the rows that were new, each with its `created` event written.
  */
-export async function insertMessages(trx: Tx, messages: readonly NewMessage[], status: MessageStatus = 'planned'): Promise<MessageRow[]> {
+export async function insertMessages(
+  trx: DbOrTx,
+  messages: readonly NewMessage[],
+  status: MessageStatus = 'planned',
+  /** NOTIFY this channel with the organization id when a row was inserted (in the same statement). */
+  notify?: { channel: string; organizationId: string },
+): Promise<MessageRow[]> {
   if (messages.length === 0) return [];
   const { rows } = await sql<MessageRow>`
     with ins as (
@@ -81,7 +87,7 @@ export async function insertMessages(trx: Tx, messages: readonly NewMessage[], s
       insert into message_events (message_id, organization_id, event, from_status, to_status)
       select id, organization_id, 'created', null, status from ins
     )
-    select * from ins`.execute(trx);
+    select ins.* ${notify ? sql`, (select pg_notify(${notify.channel}, ${notify.organizationId})) as notified` : sql``} from ins`.execute(trx);
   return rows;
 }
 
@@ -123,13 +129,19 @@ const PATCHABLE = ['next_attempt_at', 'reservation_id', 'provider_sid', 'provide
  * status each moved from.
  */
 export async function applyEvent(
-  trx: Tx,
+  trx: DbOrTx,
   event: MessageEvent,
   items: readonly { id: string; patch?: Patch }[],
+  options: {
+    /** Narrow the legal sources further (a subset of the event's). */
+    onlyFrom?: readonly MessageStatus[];
+    /** Only if the message has no carrier id yet, or this one. */
+    providerSid?: string;
+  } = {},
 ): Promise<{ id: string; from_status: MessageStatus; organization_id: string }[]> {
   if (items.length === 0) return [];
   const to = targetOf(event);
-  const from = [...sourcesOf(event)];
+  const from = sourcesOf(event).filter((s) => options.onlyFrom === undefined || options.onlyFrom.includes(s));
   const payload = JSON.stringify(items.map((i) => ({ id: i.id, ...(i.patch ?? {}) })));
   const set = PATCHABLE.map(
     (f) => sql`${sql.ref(f)} = case when p ? ${f} then ${castFor(f, sql`p->>${f}`)} else m.${sql.ref(f)} end`,
@@ -141,6 +153,7 @@ export async function applyEvent(
     ), old as (
       select m.id, m.status from messages m join input on input.id = m.id
       where m.status = any(${from}::text[])
+        ${options.providerSid === undefined ? sql`` : sql`and (m.provider_sid is null or m.provider_sid = ${options.providerSid})`}
       for update of m
     ), upd as (
       update messages m set

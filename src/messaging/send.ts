@@ -258,7 +258,6 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
   await deps.db.transaction().execute(async (trx) => {
     const byId = new Map(attempts.map((a) => [a.message.id, a.message]));
     const movedAccepted = await store.applyEvent(trx, 'accepted', accepted);
-    await captureFor(trx, movedAccepted.map((x) => byId.get(x.id)!), 'carrier accepted');
     for (const { m, carrierSegments } of extraSegments.filter((e) => movedAccepted.some((x) => x.id === e.m.id))) {
       // The carrier counted more segments than we priced: charge the difference
       // as an adjustment (it goes to debt rather than below zero).
@@ -281,6 +280,14 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
       await addJob(trx, 'send', { messageIds: group.map((r) => r.id) }, { runAt: new Date(Number(at)), maxAttempts: 10 });
     }
     await store.applyEvent(trx, 'no_answer', unknown);
+    // Capture, in one ledger call, every message of the batch the carrier
+    // has: those accepted just now, and those a status callback already
+    // moved on (callbacks leave capture to this step, even when our own call
+    // timed out).
+    const { rows: carried } = await sql<store.MessageRow>`select m.* from messages m
+      join credit_reservations r on r.id = m.reservation_id and r.state = 'open'
+      where m.id = any(${attempts.map((a) => a.message.id)}::text[]) and m.status in ('sent', 'delivered', 'undelivered')`.execute(trx);
+    await captureFor(trx, carried, 'carrier accepted');
     if (optOuts.length > 0) {
       deps.log.info({ message_ids: optOuts.map((m) => m.id) }, 'carrier reports recipients opted out (21610)');
     }

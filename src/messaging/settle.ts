@@ -5,8 +5,8 @@ import type { Tx } from '../db/db.ts';
 import { enqueueSends } from './dispatch.ts';
 import * as store from './messages.store.ts';
 import { MAX_ATTEMPTS } from './retry.ts';
-import { captureFor, releaseFor, type SendDeps } from './send.ts';
-import { eventForCarrierStatus } from './states.ts';
+import { captureFor, DEFAULT_LEASE_MS, releaseFor, type SendDeps } from './send.ts';
+import { eventForCarrierStatus, transition } from './states.ts';
 
 /** A message left `unknown` this long without evidence is given up (charged, never resent). */
 export const RECONCILIATION_HORIZON_MS = 24 * 3_600_000;
@@ -43,7 +43,12 @@ export async function applyCarrierReport(trx: Tx, message: store.MessageRow, rep
   ]);
   const step = moved[0];
   if (step === undefined) return false;
-  if (step.from_status === 'sending' || step.from_status === 'unknown') {
+  // Capture: a message still `sending` is captured by its worker's outcome
+  // step, in a batch with the others (one account lock per batch, not per
+  // callback); if that worker died, reconciliation captures it. A message
+  // the worker left `unknown` has nobody else to capture it, and an
+  // undelivered one must be captured before its refund.
+  if (step.from_status === 'unknown' || (step.from_status === 'sending' && event === 'carrier_undelivered')) {
     await captureFor(trx, [message], `carrier reported ${report.status}`);
   }
   if (event === 'carrier_undelivered' && message.reservation_id !== null) {
@@ -72,17 +77,39 @@ export async function handleStatusCallback(
   const status = params.MessageStatus ?? params.SmsStatus;
   const sid = params.MessageSid ?? params.SmsSid;
   if (status === undefined || sid === undefined) return 'unknown_status';
-  if (eventForCarrierStatus(status) === undefined) return 'unknown_status';
-  const errorCode = params.ErrorCode ? Number(params.ErrorCode) : null;
+  const event = eventForCarrierStatus(status);
+  if (event === undefined) return 'unknown_status';
+  const parsedCode = params.ErrorCode ? Number(params.ErrorCode) : null;
+  const errorCode = parsedCode !== null && Number.isFinite(parsedCode) ? parsedCode : null;
+
+  // Fast path, one statement: the common forward step that needs no ledger
+  // work (a message the worker is still sending or has recorded as sent).
+  if (event === 'carrier_sent' || event === 'carrier_delivered') {
+    const moved = await store.applyEvent(
+      deps.db,
+      event,
+      [{ id: messageId, patch: { provider_sid: sid, provider_status: status, lease_until: null, reason: null, details: { source: 'status_callback', carrier_status: status } } }],
+      { onlyFrom: ['sending', 'sent'], providerSid: sid },
+    );
+    if (moved.length > 0) return 'applied';
+  }
+  // Duplicates and stale statuses are recognised without a lock or a transaction.
+  const { rows: peek } = await sql<{ status: store.MessageRow['status']; provider_sid: string | null }>`
+    select status, provider_sid from messages where id = ${messageId}`.execute(deps.db);
+  const current = peek[0];
+  if (current === undefined) return 'unknown_message';
+  if (current.provider_sid !== null && current.provider_sid !== sid) {
+    deps.log.warn({ message_id: messageId, sid, known: current.provider_sid }, 'status callback for another carrier message');
+    return 'mismatched_sid';
+  }
+  if (!transition(current.status, event).ok) return 'duplicate_or_stale';
+
   return deps.db.transaction().execute(async (trx) => {
     const { rows } = await sql<store.MessageRow>`select * from messages where id = ${messageId} for update`.execute(trx);
     const message = rows[0];
     if (message === undefined) return 'unknown_message';
-    if (message.provider_sid !== null && message.provider_sid !== sid) {
-      deps.log.warn({ message_id: messageId, sid, known: message.provider_sid }, 'status callback for another carrier message');
-      return 'mismatched_sid';
-    }
-    const applied = await applyCarrierReport(trx, message, { providerSid: sid, status, errorCode: Number.isFinite(errorCode) ? errorCode : null }, 'status_callback');
+    if (message.provider_sid !== null && message.provider_sid !== sid) return 'mismatched_sid';
+    const applied = await applyCarrierReport(trx, message, { providerSid: sid, status, errorCode }, 'status_callback');
     return applied ? 'applied' : 'duplicate_or_stale';
   });
 }
@@ -103,6 +130,16 @@ export interface ReconcileReport {
  */
 export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileReport> {
   const report: ReconcileReport = { checked: 0, settled: 0, requeued: 0, givenUp: 0 };
+  // The carrier took these (a callback said so) but the worker that claimed
+  // them died before its outcome step captured them: capture now (G3).
+  await deps.db.transaction().execute(async (trx) => {
+    const { rows: uncaptured } = await sql<store.MessageRow>`select m.* from messages m
+      join credit_reservations r on r.id = m.reservation_id and r.state = 'open'
+      where m.status in ('sent', 'delivered', 'undelivered')
+        and m.updated_at < now() - ${`${deps.leaseMs ?? DEFAULT_LEASE_MS} milliseconds`}::interval
+      limit 5000`.execute(trx);
+    await captureFor(trx, uncaptured, 'carrier accepted (captured by reconciliation)');
+  });
   const { rows } = await sql<store.MessageRow>`select * from messages
     where (status = 'sending' and lease_until < now())
        or (status = 'unknown' and updated_at < now() - interval '30 seconds')

@@ -1,8 +1,9 @@
 import { sql } from 'kysely';
 import { type Carrier, type CarrierSimulator, createTwilioCarrier, type FaultProfile, startCarrierSimulator } from '../../src/carriers/index.ts';
 import * as credits from '../../src/credits/index.ts';
+import { closeApp } from '../../src/http/app.ts';
 import { buildTaskList, startWorker, type WorkerHandle } from '../../src/jobs/index.ts';
-import type { MessageRow, SendDeps } from '../../src/messaging/index.ts';
+import { type Dispatcher, type MessageRow, type SendDeps, startDispatcher } from '../../src/messaging/index.ts';
 import { type Tenant, bearer, buildTestApp, createTenant, operatorKey, silentLog, type TestApp } from './app.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 
@@ -74,7 +75,10 @@ export async function startPipeline(
     breakers: new Map(),
     retryDelayMs: () => 50,
     lookupGraceMs: 0,
+    // short, so reconciliation in tests looks at a dead worker's messages quickly
+    leaseMs: 2_000,
   };
+  let dispatcher: Dispatcher | undefined;
   const pipeline: Pipeline = {
     tdb,
     app,
@@ -86,6 +90,7 @@ export async function startPipeline(
     op,
     tenant,
     startWorker: async () => {
+      dispatcher = await startDispatcher({ pool: tdb.pool, db: tdb.db, log: silentLog });
       pipeline.worker = await startWorker({
         pool: tdb.pool,
         taskList: buildTaskList({ db: tdb.db, log: silentLog, send: sendDeps }),
@@ -95,12 +100,14 @@ export async function startPipeline(
       });
     },
     stopWorker: async () => {
+      await dispatcher?.stop();
+      dispatcher = undefined;
       await pipeline.worker?.stop();
       pipeline.worker = undefined;
     },
     close: async () => {
       await pipeline.stopWorker();
-      await app.close();
+      await closeApp(app);
       await simulator.stop();
       await tdb.close();
     },
