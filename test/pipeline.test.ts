@@ -272,3 +272,25 @@ describe('carrier faults', () => {
     }
   });
 });
+
+describe('sender throughput', () => {
+  it('a sender with mps=4 sends no faster than 4 per second, across batches', async () => {
+    const p = await startPipeline({ senderMps: 4 });
+    try {
+      await grantCredits(p, 20);
+      const ids: string[] = [];
+      for (let i = 0; i < 8; i++) ids.push((await sendViaApi(p, { to: TO, body: `paced ${i}` })).json.id as string);
+      for (const id of ids) await waitForStatus(p, id, ['delivered'], 20_000);
+      const times = p.simulator
+        .log()
+        .filter((m) => m.body.startsWith('paced '))
+        .map((m) => Date.parse(m.acceptedAt))
+        .sort((a, b) => a - b);
+      expect(times).toHaveLength(8);
+      // 8 sends at 4/s span at least 7 intervals of 250 ms (tolerance: the first send may leave late)
+      expect(times[7]! - times[0]!).toBeGreaterThanOrEqual(7 * 250 - 150);
+    } finally {
+      await p.close();
+    }
+  });
+});

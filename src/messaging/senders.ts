@@ -121,7 +121,7 @@ export async function takeSendSlots(
   horizonMs: number,
 ): Promise<{ granted: number; startAt: number; intervalMs: number; nextFreeAt: number }> {
   const { rows } = await sql<{ mps: string; next_slot_at: Date; now: Date }>`
-    select mps, next_slot_at, now() as now from sender_numbers
+    select mps, next_slot_at, clock_timestamp() as now from sender_numbers
     where workspace_id = ${workspaceId} and phone_number = ${phoneNumber} for update`.execute(trx);
   const row = rows[0];
   if (row === undefined) {
