@@ -68,6 +68,8 @@ try {
   const ws = (await call('POST', '/v1/workspaces', org.admin_key.key, { name: 'Bench shop' })) as { id: string };
   const wsKey = ((await call('POST', '/v1/api-keys', org.admin_key.key, { name: 'bench', scope: 'workspace', workspace_id: ws.id })) as { key: string }).key;
   await call('POST', '/v1/sender-numbers', wsKey, { phone_number: '+14155550100', kind: 'short_code', mps: 10000 });
+  // 20,000 transactional messages in a minute: lift the default 100/hour safety cap.
+  await call('PATCH', `/v1/workspaces/${ws.id}/sending-rules`, org.admin_key.key, { hourly_cap: null });
   await call('POST', `/v1/organizations/${org.organization.id}/credits/grants`, opKey!, { amount: COUNT * 2, reason: 'bench', idempotency_key: 'bench' });
 
   // The load generator: plain node:http with keep-alive (lighter than fetch, so

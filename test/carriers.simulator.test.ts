@@ -198,7 +198,10 @@ describe('faults', () => {
   it('logs a message whose answer it dropped or held', async () => {
     sim.setFaults({ dropAfterAccept: 1 });
     await expect(client.messages.create({ to: TO, from: FROM, body: 'dropped' })).rejects.toMatchObject({ code: 'ECONNRESET' });
-    expect(sim.log().at(-1)).toMatchObject({ body: 'dropped', answer: 'dropped', answerDropped: true, status: 'queued' });
+    const entry = sim.log().at(-1);
+    expect(entry).toMatchObject({ body: 'dropped', answer: 'dropped', answerDropped: true });
+    // its callbacks (1–5 ms here) may already have moved it on by the time the reset reaches us
+    expect(['queued', 'sent', 'delivered']).toContain(entry?.status);
   });
 
   it('decides the same faults in the same order for the same seed', async () => {

@@ -3,14 +3,32 @@ import * as credits from '../credits/index.ts';
 import type { Db, Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { newId } from '../shared/ids.ts';
-import { checkGates } from './gates.ts';
 import * as store from './messages.store.ts';
+import { decide, type RuleColumns } from './rules.ts';
 
 export const DISPATCH_BATCH = 500;
 export const SEND_BATCH = 50;
 
-interface Candidate extends store.MessageRow {
-  sms_enabled: boolean;
+type Candidate = store.MessageRow & RuleColumns;
+
+/** The workspace columns and consent verdict the send rules need, for a query over `messages m join workspaces w`. */
+export const RULE_COLUMNS = sql`w.sms_enabled, w.home_country, w.allowed_countries, w.send_windows,
+  credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer) as consent_ok`;
+
+/**
+ * Wake the organization's dispatcher when the earliest deferred message is
+ * due (the minute sweep is the safety net). One job per organization and
+ * minute, whatever the number of deferrals.
+ */
+export async function scheduleDeferred(trx: Tx, items: readonly { organizationId: string; until: Date }[]): Promise<void> {
+  const seen = new Set<string>();
+  for (const { organizationId, until } of items) {
+    const minute = new Date(Math.ceil(until.getTime() / 60_000) * 60_000);
+    const key = `dispatch:${organizationId}:at:${minute.toISOString()}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    await addJob(trx, 'dispatch', { organizationId, includeBlocked: false }, { jobKey: key, jobKeyMode: 'preserve_run_at', runAt: until, maxAttempts: 25 });
+  }
 }
 
 /** Queue `send` jobs for reserved messages, in chunks (same transaction as the reservation). */
@@ -23,6 +41,8 @@ export async function enqueueSends(trx: Tx, ids: readonly string[], runAt?: Date
 export interface DispatchReport {
   queued: number;
   blocked: number;
+  skipped: number;
+  deferred: number;
   batches: number;
 }
 
@@ -37,14 +57,14 @@ export async function dispatchOrganization(
   organizationId: string,
   options: { includeBlocked?: boolean } = {},
 ): Promise<DispatchReport> {
-  const report: DispatchReport = { queued: 0, blocked: 0, batches: 0 };
+  const report: DispatchReport = { queued: 0, blocked: 0, skipped: 0, deferred: 0, batches: 0 };
   // Blocked messages are looked at once per call (after a purchase, an unfreeze): a batch that
   // still cannot go must not be picked up again in the same call.
   let blockedAfter = '';
   for (;;) {
     const { rows: more } = await db.transaction().execute(async (trx) => {
       const { rows } = await sql<Candidate>`
-        select m.*, w.sms_enabled from messages m join workspaces w on w.id = m.workspace_id
+        select m.*, ${RULE_COLUMNS} from messages m join workspaces w on w.id = m.workspace_id
         where m.organization_id = ${organizationId}
           and (
             (m.status = 'planned' and m.send_at <= now())
@@ -66,11 +86,38 @@ export async function dispatchOrganization(
 
       const toReserve: Candidate[] = [];
       const toBlock: { id: string; patch: store.Patch }[] = [];
+      const toSkip: { id: string; patch: store.Patch }[] = [];
+      const toDefer: { id: string; patch: store.Patch; until: Date }[] = [];
+      const now = new Date();
       for (const m of rows) {
-        const gate = checkGates({ organizationFrozen: org.frozen, workspaceSmsEnabled: m.sms_enabled, debt: org.debt });
-        if (gate.pass) toReserve.push(m);
-        else if (m.status !== 'blocked' || m.status_reason !== gate.reason) toBlock.push({ id: m.id, patch: { reason: gate.reason } });
+        // Decided before any credit is reserved: a message that may not go now costs nothing.
+        const d = decide(m, { organizationFrozen: org.frozen, workspaceSmsEnabled: m.sms_enabled, debt: org.debt }, now);
+        switch (d.action) {
+          case 'go':
+            toReserve.push(m);
+            break;
+          case 'block':
+            if (m.status !== 'blocked' || m.status_reason !== d.reason) toBlock.push({ id: m.id, patch: { reason: d.reason } });
+            break;
+          case 'skip':
+            toSkip.push({ id: m.id, patch: { reason: d.reason } });
+            break;
+          case 'defer':
+            toDefer.push({ id: m.id, until: d.until, patch: { reason: d.reason, next_attempt_at: d.until.toISOString() } });
+            break;
+          default: {
+            const never: never = d;
+            throw new Error(`unhandled decision ${String(never)}`);
+          }
+        }
       }
+      report.skipped += (await store.applyEvent(trx, 'skip', toSkip)).length;
+      const deferred = await store.applyEvent(trx, 'defer', toDefer);
+      report.deferred += deferred.length;
+      await scheduleDeferred(
+        trx,
+        toDefer.filter((d) => deferred.some((x) => x.id === d.id)).map((d) => ({ organizationId, until: d.until })),
+      );
 
       if (toReserve.length > 0) {
         const result = await credits.reserve(trx, {

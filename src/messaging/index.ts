@@ -29,3 +29,10 @@ export { addSenderNumber, listSenderNumbers, type SenderNumber, updateSenderNumb
 export { type SendDeps, sendBatch, statusCallbackUrl } from './send.ts';
 export { type CallbackResult, handleStatusCallback, RECONCILIATION_HORIZON_MS, reconcile, sweep } from './settle.ts';
 export { MESSAGE_STATUSES, type MessageStatus, TERMINAL } from './states.ts';
+export { recordApiConsents } from './consentFlow.ts';
+export { handleInbound, type InboundResult } from './inbound.ts';
+export { applyOptOut } from './optOut.ts';
+export { createSystemMessage } from './replies.ts';
+export { decide, type SendDecision } from './rules.ts';
+export { applyEvent as applyEventTo } from './messages.store.ts';
+export { releaseFor } from './send.ts';

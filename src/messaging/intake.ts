@@ -5,7 +5,9 @@ import { addJob } from '../jobs/enqueue.ts';
 import { DomainError, validationError } from '../shared/errors.ts';
 import { newId } from '../shared/ids.ts';
 import * as store from './messages.store.ts';
-import { parsePhone } from './phone.ts';
+import { type NumberType, parsePhone } from './phone.ts';
+import { allowedCountries, checkNumber } from '../sendrules/numberSafety.ts';
+import { IANAZone } from 'luxon';
 import { messageCost, type PriceList } from './pricing.ts';
 import { countSegments } from './segments.ts';
 import { DISPATCH_CHANNEL } from './dispatcher.ts';
@@ -17,6 +19,7 @@ export const PURPOSES: readonly store.Purpose[] = ['transactional', 'marketing',
 
 export interface Priced {
   to: string;
+  type: NumberType;
   country: string;
   encoding: 'GSM-7' | 'UCS-2';
   segments: number;
@@ -32,11 +35,23 @@ export function priceMessage(to: string, body: string, priceList: PriceList | un
   const seg = countSegments(body);
   return {
     to: phone.e164,
+    type: phone.type,
     country: phone.country,
     encoding: seg.encoding,
     segments: seg.segments,
     cost: messageCost(seg.segments, phone.country, priceList),
   };
+}
+
+async function workspaceCountries(db: DbOrTx, workspaceId: string): Promise<{ allowed_countries: string[] | null; home_country: string }> {
+  const { rows } = await sql<{ allowed_countries: string[] | null; home_country: string }>`
+    select allowed_countries, home_country from workspaces where id = ${workspaceId}`.execute(db);
+  return rows[0] ?? { allowed_countries: null, home_country: 'US' };
+}
+
+/** Forget cached lookups of a workspace (after its sending rules change in this process). */
+export function forgetWorkspace(workspaceId: string): void {
+  cache.delete(`ws:${workspaceId}`);
 }
 
 export async function organizationPriceList(db: DbOrTx, organizationId: string): Promise<PriceList | undefined> {
@@ -80,6 +95,8 @@ export interface ApiMessageInput {
   purpose: store.Purpose;
   from?: string;
   send_at?: string;
+  /** the recipient's IANA zone, when the caller knows it (quiet hours) */
+  timezone?: string;
 }
 
 export interface Intake {
@@ -90,7 +107,7 @@ export interface Intake {
 
 function requestHash(input: ApiMessageInput): string {
   return createHash('sha256')
-    .update(JSON.stringify([input.to, input.body, input.purpose, input.from ?? null, input.send_at ?? null]))
+    .update(JSON.stringify([input.to, input.body, input.purpose, input.from ?? null, input.send_at ?? null, ...(input.timezone === undefined ? [] : [input.timezone])]))
     .digest('hex');
 }
 
@@ -119,6 +136,15 @@ export async function createApiMessage(
   const hash = requestHash(input);
   const priceList = await cached(`price:${scope.organizationId}`, () => organizationPriceList(db, scope.organizationId));
   const priced = priceMessage(input.to, input.body, priceList);
+  // Number safety, before anything is stored or reserved (re-checked at claim: the allow-list may change).
+  const ws = await cached(`ws:${scope.workspaceId}`, () => workspaceCountries(db, scope.workspaceId));
+  const safety = checkNumber({ e164: priced.to, country: priced.country, type: priced.type }, allowedCountries(ws));
+  if (!safety.ok) {
+    throw new DomainError('number_refused', safety.detail, { fields: [{ field: 'to', reason: safety.reason }], extra: { reason: safety.reason } });
+  }
+  if (input.timezone !== undefined && !IANAZone.isValidZone(input.timezone)) {
+    throw validationError('timezone', `${input.timezone} is not an IANA time zone`);
+  }
   const from = await cached(`sender:${scope.workspaceId}:${input.from ?? ''}`, () => resolveSender(db, scope.workspaceId, input.from));
   const id = newId('msg');
   const dedupeKey = idempotencyKey === undefined ? `api:${id}` : `api:${idempotencyKey}`;
@@ -140,6 +166,7 @@ export async function createApiMessage(
     segments: priced.segments,
     cost: priced.cost,
     send_at: sendAt,
+    recipient_timezone: input.timezone ?? null,
   };
   let inserted: store.MessageRow | undefined;
   if (scheduled) {

@@ -3,7 +3,7 @@ import type { DbOrTx } from '../db/db.ts';
 import type { MessageEvent, MessageStatus } from './states.ts';
 import { sourcesOf, targetOf } from './states.ts';
 
-export type Producer = 'api' | 'campaign' | 'appointment' | 'cart';
+export type Producer = 'api' | 'campaign' | 'appointment' | 'cart' | 'system';
 export type Purpose = 'transactional' | 'marketing' | 'appointment' | 'cart_recovery';
 
 export interface MessageRow {
@@ -37,6 +37,8 @@ export interface MessageRow {
   updated_at: Date;
   sent_at: Date | null;
   terminal_at: Date | null;
+  /** The recipient's own IANA zone when the producer knows it (a contact's zone). */
+  recipient_timezone: string | null;
 }
 
 export type NewMessage = Pick<
@@ -57,7 +59,7 @@ export type NewMessage = Pick<
   | 'segments'
   | 'cost'
   | 'send_at'
->;
+> & { recipient_timezone?: string | null };
 
 /**
  * Insert messages; a dedupe key already taken in the workspace inserts
@@ -75,12 +77,12 @@ export async function insertMessages(
   const { rows } = await sql<MessageRow>`
     with ins as (
       insert into messages (id, organization_id, workspace_id, dedupe_key, request_hash, producer, campaign_id, purpose,
-        to_number, country, from_number, body, encoding, segments, cost, send_at, status)
+        to_number, country, from_number, body, encoding, segments, cost, send_at, recipient_timezone, status)
       select x.id, x.organization_id, x.workspace_id, x.dedupe_key, x.request_hash, x.producer, x.campaign_id, x.purpose,
-        x.to_number, x.country, x.from_number, x.body, x.encoding, x.segments, x.cost, x.send_at, ${status}
+        x.to_number, x.country, x.from_number, x.body, x.encoding, x.segments, x.cost, x.send_at, x.recipient_timezone, ${status}
       from json_to_recordset(${JSON.stringify(messages)}::json) as x(id text, organization_id text, workspace_id text,
         dedupe_key text, request_hash text, producer text, campaign_id text, purpose text, to_number text, country text,
-        from_number text, body text, encoding text, segments int, cost int, send_at timestamptz)
+        from_number text, body text, encoding text, segments int, cost int, send_at timestamptz, recipient_timezone text)
       on conflict (workspace_id, dedupe_key) do nothing
       returning *
     ), ev as (

@@ -8,7 +8,10 @@ import { newId } from '../shared/ids.ts';
 import type { Logger } from '../shared/logger.ts';
 import { type BreakerState, breakerAllows, breakerRecord, CLOSED } from './breaker.ts';
 import { classifyCarrierError } from './carrierErrors.ts';
-import { checkGates } from './gates.ts';
+import { RULE_COLUMNS, scheduleDeferred } from './dispatch.ts';
+import { applyLimits, countHourlySends, type LimitRow } from './limits.ts';
+import { applyOptOut } from './optOut.ts';
+import { decide, type RuleColumns } from './rules.ts';
 import * as store from './messages.store.ts';
 import { multiplierFor } from './pricing.ts';
 import { retryDecision } from './retry.ts';
@@ -36,11 +39,11 @@ export interface SendDeps {
 
 export const DEFAULT_LEASE_MS = 120_000;
 
-interface ClaimRow extends store.MessageRow {
-  sms_enabled: boolean;
-  frozen: boolean;
-  debt: number;
-}
+type ClaimRow = LimitRow &
+  RuleColumns & {
+    frozen: boolean;
+    debt: number;
+  };
 
 export function statusCallbackUrl(publicUrl: string, messageId: string): string {
   return `${publicUrl}/webhooks/twilio/status?message_id=${encodeURIComponent(messageId)}`;
@@ -54,16 +57,20 @@ interface Claimed {
 
 /**
  * Claim: one transaction that locks the batch's queued messages, re-checks
- * their gates, takes sender rate slots, and moves the ones that may go to
- * `sending` with one conditional UPDATE (status still `queued`, gates still
- * open). Messages whose gate closed are `blocked` and their credits released
- * (G6); those over the sender's rate wait for a later slot.
+ * every send-time rule (gates, destination country, consent, the
+ * recipient's quiet hours, frequency and hourly caps), takes sender rate
+ * slots, and moves the ones that may go to `sending` with one conditional
+ * UPDATE that repeats the gates and the consent check in its WHERE, so a
+ * STOP or a pause that commits before that statement is honoured (G5, G6).
+ * Messages that may not go now give their credits back: `blocked` (gate
+ * closed, resumable), `skipped` (terminal) or `deferred` (until an instant).
  */
 async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]> {
   const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
   return deps.db.transaction().execute(async (trx) => {
     const { rows } = await sql<ClaimRow>`
-      select m.*, w.sms_enabled, o.frozen_at is not null as frozen, coalesce(a.debt, 0)::bigint as debt
+      select m.*, ${RULE_COLUMNS}, w.frequency_caps, w.hourly_cap,
+        o.frozen_at is not null as frozen, coalesce(a.debt, 0)::bigint as debt
       from messages m
       join workspaces w on w.id = m.workspace_id
       join organizations o on o.id = m.organization_id
@@ -73,19 +80,38 @@ async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]>
       order by m.id
       for update of m skip locked`.execute(trx);
 
-    const refused: ClaimRow[] = [];
-    const eligible: ClaimRow[] = [];
+    const now = new Date();
+    const refused: Refusals = { block: [], skip: [], defer: [] };
+    const passed: ClaimRow[] = [];
     for (const m of rows) {
-      const gate = checkGates({ organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt });
-      if (gate.pass) eligible.push(m);
-      else {
-        refused.push(m);
-        m.status_reason = gate.reason;
+      const d = decide(m, { organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt }, now);
+      switch (d.action) {
+        case 'go':
+          passed.push(m);
+          break;
+        case 'block':
+          refused.block.push({ row: m, reason: d.reason });
+          break;
+        case 'skip':
+          refused.skip.push({ row: m, reason: d.reason });
+          break;
+        case 'defer':
+          refused.defer.push({ row: m, reason: d.reason, until: d.until });
+          break;
+        default: {
+          const never: never = d;
+          throw new Error(`unhandled decision ${String(never)}`);
+        }
       }
     }
-    await refuse(trx, refused);
 
-    // Sender rate: slots are taken under each sender row's lock, shared by all workers.
+    const limits = await applyLimits(trx, passed, now);
+    for (const m of limits.capped) refused.skip.push({ row: m, reason: 'frequency_cap' });
+    for (const { row, until } of limits.deferred) refused.defer.push({ row, reason: 'hourly_cap', until });
+    const eligible = limits.allowed;
+
+    // Sender rate: slots are taken under each sender row's lock, shared by
+    // all workers, in a fixed order (no lock cycles between claims).
     const bySender = new Map<string, ClaimRow[]>();
     for (const m of eligible) {
       const k = `${m.workspace_id}\u0000${m.from_number}`;
@@ -93,7 +119,8 @@ async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]>
     }
     const go: Claimed[] = [];
     const later: { ids: string[]; at: number }[] = [];
-    for (const group of bySender.values()) {
+    for (const key of [...bySender.keys()].sort()) {
+      const group = bySender.get(key)!;
       const first = group[0]!;
       const slots = await takeSendSlots(trx, first.workspace_id, first.from_number, group.length, deps.slotHorizonMs ?? 2_000);
       group.forEach((m, i) => {
@@ -105,42 +132,72 @@ async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]>
       await sql`update messages set next_attempt_at = ${new Date(l.at)}, updated_at = now() where id = any(${l.ids}::text[])`.execute(trx);
       await addJob(trx, 'send', { messageIds: l.ids }, { runAt: new Date(l.at), maxAttempts: 10 });
     }
-    if (go.length === 0) return [];
 
-    // The claim itself: one conditional UPDATE, gates repeated in its WHERE.
-    const { rows: claimed } = await sql<store.MessageRow>`
-      with c as (
-        update messages m set status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
-          lease_until = now() + ${`${leaseMs} milliseconds`}::interval, next_attempt_at = null, updated_at = now()
-        from organizations o, workspaces w
-        where m.id = any(${go.map((g) => g.message.id)}::text[]) and m.status = 'queued'
-          and o.id = m.organization_id and o.frozen_at is null
-          and w.id = m.workspace_id and w.sms_enabled
-          and not exists (select 1 from credit_accounts a where a.organization_id = m.organization_id and a.debt > 0)
-        returning m.*
-      ), ev as (
-        insert into message_events (message_id, organization_id, event, from_status, to_status, details)
-        select id, organization_id, 'claim', 'queued', 'sending', jsonb_build_object('attempt', attempts) from c
-      )
-      select * from c`.execute(trx);
+    let claimed: store.MessageRow[] = [];
+    if (go.length > 0) {
+      // The claim itself: one conditional UPDATE, gates and consent repeated in its WHERE.
+      ({ rows: claimed } = await sql<store.MessageRow>`
+        with c as (
+          update messages m set status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
+            lease_until = now() + ${`${leaseMs} milliseconds`}::interval, next_attempt_at = null, updated_at = now()
+          from organizations o, workspaces w
+          where m.id = any(${go.map((g) => g.message.id)}::text[]) and m.status = 'queued'
+            and o.id = m.organization_id and o.frozen_at is null
+            and w.id = m.workspace_id and w.sms_enabled
+            and m.country = any(coalesce(w.allowed_countries, array[w.home_country]))
+            and not exists (select 1 from credit_accounts a where a.organization_id = m.organization_id and a.debt > 0)
+            and credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer)
+          returning m.*
+        ), ev as (
+          insert into message_events (message_id, organization_id, event, from_status, to_status, details)
+          select id, organization_id, 'claim', 'queued', 'sending', jsonb_build_object('attempt', attempts) from c
+        )
+        select * from c`.execute(trx));
+      const claimedIds = new Set(claimed.map((m) => m.id));
+      await countHourlySends(
+        trx,
+        eligible.filter((m) => claimedIds.has(m.id)),
+      );
+    }
+    // Last, so the account lock is the final lock this transaction takes.
+    await refuse(trx, refused);
     const byId = new Map(go.map((g) => [g.message.id, g.notBefore]));
     return claimed.map((m) => ({ message: m, notBefore: byId.get(m.id) ?? Date.now() }));
   });
 }
 
-/** Gate closed after reservation: block, and give the credits back until it may go again. */
-async function refuse(trx: Tx, rows: readonly ClaimRow[]): Promise<void> {
-  if (rows.length === 0) return;
-  const moved = await store.applyEvent(
-    trx,
-    'claim_refused',
-    rows.map((m) => ({ id: m.id, patch: { reason: m.status_reason, reservation_id: null } })),
-  );
+interface Refusals {
+  block: { row: ClaimRow; reason: string }[];
+  skip: { row: ClaimRow; reason: string }[];
+  defer: { row: ClaimRow; reason: string; until: Date }[];
+}
+
+/**
+ * Messages that may not go now give their reservation back: `blocked` until
+ * the gate opens, `skipped` for good, or `deferred` until an instant (and
+ * the dispatcher is woken then to reserve again).
+ */
+async function refuse(trx: Tx, r: Refusals): Promise<void> {
+  const moved = [
+    ...(await store.applyEvent(trx, 'claim_refused', r.block.map((b) => ({ id: b.row.id, patch: { reason: b.reason, reservation_id: null } })))),
+    ...(await store.applyEvent(trx, 'skip', r.skip.map((b) => ({ id: b.row.id, patch: { reason: b.reason, reservation_id: null } })))),
+    ...(await store.applyEvent(
+      trx,
+      'defer',
+      r.defer.map((b) => ({ id: b.row.id, patch: { reason: b.reason, reservation_id: null, next_attempt_at: b.until.toISOString() } })),
+      { onlyFrom: ['queued'] },
+    )),
+  ];
   const movedIds = new Set(moved.map((m) => m.id));
+  await scheduleDeferred(
+    trx,
+    r.defer.filter((d) => movedIds.has(d.row.id)).map((d) => ({ organizationId: d.row.organization_id, until: d.until })),
+  );
+  const all = [...r.block, ...r.skip, ...r.defer].map((x) => x.row);
   await releaseFor(
     trx,
-    rows.filter((m) => movedIds.has(m.id)),
-    'gate closed before claim',
+    all.filter((m) => movedIds.has(m.id)),
+    'may not be sent now',
   );
 }
 
@@ -256,6 +313,18 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
   }
 
   await deps.db.transaction().execute(async (trx) => {
+    // 21610: the person has opted out at the carrier. First in this
+    // transaction (it locks their waiting messages before any account lock).
+    for (const m of optOuts) {
+      await applyOptOut(trx, {
+        organizationId: m.organization_id,
+        workspaceId: m.workspace_id,
+        phone: m.to_number,
+        source: 'carrier_opt_out',
+        evidence: { message_id: m.id, error_code: 21610 },
+        actor: 'carrier',
+      });
+    }
     const byId = new Map(attempts.map((a) => [a.message.id, a.message]));
     const movedAccepted = await store.applyEvent(trx, 'accepted', accepted);
     for (const { m, carrierSegments } of extraSegments.filter((e) => movedAccepted.some((x) => x.id === e.m.id))) {
@@ -289,7 +358,7 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
       where m.id = any(${attempts.map((a) => a.message.id)}::text[]) and m.status in ('sent', 'delivered', 'undelivered')`.execute(trx);
     await captureFor(trx, carried, 'carrier accepted');
     if (optOuts.length > 0) {
-      deps.log.info({ message_ids: optOuts.map((m) => m.id) }, 'carrier reports recipients opted out (21610)');
+      deps.log.info({ message_ids: optOuts.map((m) => m.id) }, 'carrier reports recipients opted out (21610): consent revoked');
     }
   });
 }

@@ -214,5 +214,7 @@ export async function sweep(trx: Tx): Promise<{ organizations: string[]; resent:
   const { rows: stale } = await sql<{ id: string }>`select id from messages
     where status = 'queued' and coalesce(next_attempt_at, updated_at) < now() - interval '2 minutes' limit 5000`.execute(trx);
   await enqueueSends(trx, stale.map((r) => r.id));
+  // hourly-cap counters older than the hour they count are of no further use
+  await sql`delete from send_counters where minute < now() - interval '2 hours'`.execute(trx);
   return { organizations: orgs.map((o) => o.organization_id), resent: stale.length };
 }

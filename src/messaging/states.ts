@@ -30,7 +30,7 @@ export const MESSAGE_EVENTS = {
   /** dispatch could not proceed: no credits, gate closed */
   block: { from: ['planned', 'deferred', 'queued'], to: 'blocked' },
   /** outside a send window or a rate limit: wait until next_attempt_at */
-  defer: { from: ['planned', 'queued', 'blocked'], to: 'deferred' },
+  defer: { from: ['planned', 'queued', 'blocked', 'deferred'], to: 'deferred' },
   /** will never be sent (no consent, invalid, cancelled, …) */
   skip: { from: ['planned', 'queued', 'deferred', 'blocked'], to: 'skipped' },
   /** the single conditional UPDATE that lets one worker send it */

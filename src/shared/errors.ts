@@ -4,6 +4,7 @@
  */
 export const ERROR_CODES = {
   validation_error: { status: 422, title: 'The request is not valid' },
+  number_refused: { status: 422, title: 'This destination number may not be texted' },
   malformed_request: { status: 400, title: 'The request could not be read' },
   unauthenticated: { status: 401, title: 'Authentication is required' },
   forbidden: { status: 403, title: 'This key may not do that' },

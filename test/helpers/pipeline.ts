@@ -39,16 +39,17 @@ export async function startPipeline(
   } = {},
 ): Promise<Pipeline> {
   const tdb = await createTestDatabase({ poolSize: 20 });
-  const simulator = await startCarrierSimulator({
-    seed: options.seed ?? 1,
-    ...(options.faults && { faults: options.faults }),
-    ...(options.callbackDelayMs && { callbackDelayMs: options.callbackDelayMs }),
-  });
-  const account = simulator.accounts[0]!;
   // The API must know its own URL before it listens: take a port first.
   const { freePort } = await import('./ports.ts');
   const port = await freePort();
   const apiUrl = `http://127.0.0.1:${port}`;
+  const simulator = await startCarrierSimulator({
+    seed: options.seed ?? 1,
+    inboundUrl: `${apiUrl}/webhooks/twilio/inbound`,
+    ...(options.faults && { faults: options.faults }),
+    ...(options.callbackDelayMs && { callbackDelayMs: options.callbackDelayMs }),
+  });
+  const account = simulator.accounts[0]!;
   const carrier = createTwilioCarrier({
     accountSid: account.sid,
     authToken: account.authToken,
@@ -122,7 +123,7 @@ export async function grantCredits(p: Pipeline, amount: number, key = `grant-${D
 
 export async function sendViaApi(
   p: Pipeline,
-  body: { to: string; body: string; purpose?: string },
+  body: { to: string; body: string; purpose?: string; from?: string; timezone?: string },
   idempotencyKey?: string,
 ): Promise<{ statusCode: number; json: Record<string, unknown> }> {
   const res = await p.app.inject({

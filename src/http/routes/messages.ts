@@ -106,6 +106,9 @@ export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
               purpose: Purpose,
               from: Type.Optional(Type.String({ minLength: 1, maxLength: 32, description: 'one of the workspace sender numbers' })),
               send_at: Type.Optional(Type.String({ format: 'date-time' })),
+              timezone: Type.Optional(
+                Type.String({ minLength: 1, maxLength: 64, description: "the recipient's IANA time zone, if known (quiet hours); else derived from the number" }),
+              ),
             },
             { additionalProperties: false },
           ),

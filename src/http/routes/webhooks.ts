@@ -1,7 +1,5 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
-import { sql } from 'kysely';
-import { handleStatusCallback } from '../../messaging/index.ts';
-import { newId } from '../../shared/ids.ts';
+import { handleInbound, handleStatusCallback } from '../../messaging/index.ts';
 import type { AppDeps } from '../app.ts';
 import { sendProblem } from '../problem.ts';
 
@@ -48,18 +46,11 @@ export function webhookRoutes(deps: AppDeps): FastifyPluginAsync {
         const params = verified(request);
         if (params === undefined) return sendProblem(reply, request, 'invalid_signature', { detail: 'X-Twilio-Signature does not match.' });
         const sid = params.MessageSid ?? params.SmsMessageSid;
-        const from = params.From;
-        const to = params.To;
-        if (sid === undefined || from === undefined || to === undefined) {
+        if (sid === undefined || params.From === undefined || params.To === undefined) {
           return sendProblem(reply, request, 'validation_error', { detail: 'MessageSid, From and To are required.' });
         }
-        // The workspace is the one that owns the number the person wrote to.
-        await sql`insert into inbound_messages (id, provider_sid, organization_id, workspace_id, from_number, to_number, body, payload)
-          select ${newId('in')}, ${sid}, s.organization_id, s.workspace_id, ${from}, ${to}, ${params.Body ?? ''}, ${JSON.stringify(params)}::jsonb
-          from (select 1) one left join lateral (
-            select organization_id, workspace_id from sender_numbers where phone_number = ${to} order by created_at limit 1
-          ) s on true
-          on conflict (provider_sid) do nothing`.execute(deps.db);
+        const result = await handleInbound(deps, params);
+        request.log.info({ provider_sid: sid, result }, 'inbound message');
         return reply.code(200).type('text/xml').send(EMPTY_TWIML);
       },
     );

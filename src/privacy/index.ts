@@ -1,0 +1,1 @@
+export { type ErasureReport, erasePhone, exportPhone, type PhoneExport } from './privacy.ts';

@@ -1,0 +1,79 @@
+import { sql } from 'kysely';
+import * as consent from '../consent/index.ts';
+import type { Db } from '../db/db.ts';
+import * as messaging from '../messaging/index.ts';
+import { DomainError } from '../shared/errors.ts';
+
+/**
+ * GDPR for one phone number in one workspace: export everything held about
+ * it, or erase it. Erasure pseudonymizes (the number becomes its keyed hash,
+ * bodies and evidence are blanked) rather than deleting, so the ledger's
+ * amounts stay intact and a later STOP from the same number still matches
+ * the consent log.
+ */
+export interface PhoneExport {
+  phone: string;
+  consent: { state: Record<consent.ConsentPurpose, consent.ConsentState>; history: consent.ConsentEventRow[] };
+  messages: (messaging.MessageRow & { events: messaging.EventRow[] })[];
+  inbound_messages: { id: string; from_number: string; to_number: string; body: string; keyword: string | null; received_at: Date }[];
+}
+
+export async function exportPhone(db: Db, workspaceId: string, phone: string): Promise<PhoneExport> {
+  const current = await consent.currentConsent(db, workspaceId, phone);
+  const { rows: messages } = await sql<messaging.MessageRow>`select * from messages
+    where workspace_id = ${workspaceId} and to_number in (${phone}, credence_phone_hash(${phone})) order by id`.execute(db);
+  const out: PhoneExport['messages'] = [];
+  for (const m of messages) out.push({ ...m, events: await messaging.listEvents(db, m.id) });
+  const { rows: inbound } = await sql<PhoneExport['inbound_messages'][number]>`
+    select id, from_number, to_number, body, keyword, received_at from inbound_messages
+    where workspace_id = ${workspaceId} and from_number in (${phone}, credence_phone_hash(${phone})) order by id`.execute(db);
+  return { phone, consent: current, messages: out, inbound_messages: inbound };
+}
+
+export interface ErasureReport {
+  phone_hash: string;
+  messages_pseudonymized: number;
+  messages_cancelled: number;
+  consent_events_pseudonymized: number;
+  inbound_pseudonymized: number;
+}
+
+export async function erasePhone(db: Db, scope: { organizationId: string; workspaceId: string }, phone: string): Promise<ErasureReport> {
+  return db.transaction().execute(async (trx) => {
+    const { rows: hashRows } = await sql<{ h: string }>`select credence_phone_hash(${phone}) as h`.execute(trx);
+    const hash = hashRows[0]!.h;
+    const { rows: all } = await sql<messaging.MessageRow>`select * from messages
+      where workspace_id = ${scope.workspaceId} and to_number = ${phone} order by id for update`.execute(trx);
+    // A message in the carrier's hands without a settled outcome is found
+    // again by its number: erase it once it has settled.
+    const inFlight = all.filter((m) => m.status === 'sending' || m.status === 'unknown');
+    if (inFlight.length > 0) {
+      throw new DomainError('conflict', `${inFlight.length} message(s) to this number are being sent right now; try again in a few minutes.`, {
+        extra: { in_flight: inFlight.map((m) => m.id) },
+      });
+    }
+    const cancelled = await messaging.applyEventTo(
+      trx,
+      'skip',
+      all.filter((m) => ['planned', 'queued', 'deferred', 'blocked'].includes(m.status)).map((m) => ({ id: m.id, patch: { reason: 'erased', reservation_id: null } })),
+    );
+    const cancelledIds = new Set(cancelled.map((c) => c.id));
+    await messaging.releaseFor(
+      trx,
+      all.filter((m) => cancelledIds.has(m.id)),
+      'recipient erased',
+    );
+    const pseudo = await sql`update messages set to_number = ${hash}, body = '[erased]', updated_at = now()
+      where workspace_id = ${scope.workspaceId} and to_number = ${phone}`.execute(trx);
+    const inbound = await sql`update inbound_messages set from_number = ${hash}, body = '[erased]', payload = '{}'::jsonb, erased = true
+      where workspace_id = ${scope.workspaceId} and from_number = ${phone}`.execute(trx);
+    const consents = await consent.eraseConsentEvents(trx, scope.workspaceId, phone);
+    return {
+      phone_hash: hash,
+      messages_pseudonymized: Number(pseudo.numAffectedRows ?? 0),
+      messages_cancelled: cancelled.length,
+      consent_events_pseudonymized: consents,
+      inbound_pseudonymized: Number(inbound.numAffectedRows ?? 0),
+    };
+  });
+}
