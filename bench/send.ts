@@ -35,7 +35,13 @@ try {
   const apiPort = await freePort();
   const apiUrl = `http://127.0.0.1:${apiPort}`;
   const simUrl = `http://127.0.0.1:${simPort}`;
-  const common = { CREDENCE_HOME: home, LOG_LEVEL: 'warn', PUBLIC_URL: apiUrl };
+  const common = {
+    CREDENCE_HOME: home,
+    LOG_LEVEL: 'warn',
+    PUBLIC_URL: apiUrl,
+    // BENCH_PROFILE_DIR=<dir> writes a V8 CPU profile of each process there (open it in Chrome DevTools)
+    ...(process.env.BENCH_PROFILE_DIR && { BENCH_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}` }),
+  };
   const sim = spawnCredence(['simulator'], { ...common, SIMULATOR_PORT: String(simPort), SIMULATOR_FAULTS: '{"latencyMs":{"min":0,"max":5}}' });
   await sim.waitFor(/listening on/);
   const account = JSON.parse(await fs.readFile(path.join(home, 'simulator.json'), 'utf8')) as { sid: string; authToken: string };

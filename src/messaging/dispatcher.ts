@@ -21,6 +21,37 @@ export async function notifyDispatch(trx: DbOrTx, organizationId: string): Promi
   await sql`select pg_notify(${CHANNEL}, ${organizationId})`.execute(trx);
 }
 
+/**
+ * Wake dispatchers after commit, coalesced: one NOTIFY statement per process
+ * every few milliseconds for all organizations that got new messages, not one
+ * per request. PostgreSQL serialises the commits of notifying transactions
+ * (a global lock held through the WAL flush), so a NOTIFY inside every intake
+ * transaction capped intake at one fsync per message. Sent after the intake
+ * committed: a wake-up lost to a crash in between is covered by the sweep.
+ */
+const wakers = new WeakMap<DbOrTx, { orgs: Set<string>; timer: NodeJS.Timeout | undefined }>();
+export const WAKE_COALESCE_MS = 5;
+
+export function wakeDispatcher(db: DbOrTx, organizationId: string): void {
+  let w = wakers.get(db);
+  if (w === undefined) {
+    w = { orgs: new Set(), timer: undefined };
+    wakers.set(db, w);
+  }
+  w.orgs.add(organizationId);
+  if (w.timer !== undefined) return;
+  const waker = w;
+  waker.timer = setTimeout(() => {
+    const orgs = [...waker.orgs];
+    waker.orgs.clear();
+    waker.timer = undefined;
+    sql`select pg_notify(${CHANNEL}, o) from unnest(${orgs}::text[]) o`.execute(db).catch(() => {
+      // the pool is closing, or the database is away: the sweep picks these up
+    });
+  }, WAKE_COALESCE_MS);
+  waker.timer.unref();
+}
+
 export interface Dispatcher {
   stop(): Promise<void>;
 }

@@ -10,7 +10,7 @@ import { allowedCountries, checkNumber } from '../sendrules/numberSafety.ts';
 import { IANAZone } from 'luxon';
 import { messageCost, type PriceList } from './pricing.ts';
 import { countSegments } from './segments.ts';
-import { DISPATCH_CHANNEL } from './dispatcher.ts';
+import { wakeDispatcher } from './dispatcher.ts';
 import { inTransaction } from '../credits/index.ts';
 import { resolveSender } from './senders.ts';
 
@@ -177,9 +177,10 @@ export async function createApiMessage(
       return r;
     });
   } else {
-    // The hot path: one statement inserts the message and its event and
-    // notifies the dispatchers (delivered on commit).
-    [inserted] = await store.insertMessages(db, [row], 'planned', { channel: DISPATCH_CHANNEL, organizationId: scope.organizationId });
+    // The hot path: one statement inserts the message and its event; the
+    // dispatchers are woken after commit, coalesced with other requests.
+    [inserted] = await store.insertMessages(db, [row], 'planned');
+    if (inserted !== undefined) wakeDispatcher(db, scope.organizationId);
   }
   if (inserted !== undefined) return { message: inserted, created: true };
   // The idempotency key was taken (maybe by a concurrent request): answer with that message.

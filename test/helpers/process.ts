@@ -26,7 +26,9 @@ export async function killAllSpawned(): Promise<void> {
 
 /** Run `credence …` as a real child process and watch what it prints. */
 export function spawnCredence(args: string[], env: Record<string, string>): Spawned {
-  const child = spawn(process.execPath, ['bin/credence.mjs', ...args], {
+  // BENCH_NODE_ARGS: extra node flags for the child (e.g. --cpu-prof, which NODE_OPTIONS does not allow)
+  const nodeArgs = env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+  const child = spawn(process.execPath, [...nodeArgs, 'bin/credence.mjs', ...args], {
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
