@@ -175,4 +175,9 @@ export const CONFIG_DOC: readonly { variable: string; default: string; meaning: 
     default: '15000',
     meaning: 'how long a shutdown waits for in-flight work',
   },
+  { variable: 'TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN', default: '(simulator)', meaning: 'send through this Twilio account; unset = the built-in carrier simulator' },
+  { variable: 'TWILIO_API_URL', default: 'https://api.twilio.com', meaning: 'Twilio REST base URL (point it at a simulator)' },
+  { variable: 'SIMULATOR_PORT', default: '3001', meaning: 'port of the built-in carrier simulator (loopback)' },
+  { variable: 'CARRIER_TIMEOUT_MS', default: '10000', meaning: 'carrier request timeout; no answer by then = outcome unknown' },
+  { variable: 'SEND_LEASE_MS', default: '120000', meaning: 'how long a claimed message may stay sending before reconciliation asks the carrier' },
 ];

@@ -196,6 +196,9 @@ export async function startCredence(
             log,
             breakers: new Map<string, BreakerState>(),
             leaseMs: config.sendLeaseMs,
+            // "Not at the carrier" is proof only once any call of a live worker
+            // has ended: its timeout plus the longest send-slot wait, with margin.
+            lookupGraceMs: Math.max(60_000, config.carrierTimeoutMs + 2_000 + 10_000),
           },
         }),
         crontab: CRONTAB,

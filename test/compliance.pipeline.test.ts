@@ -391,11 +391,20 @@ describe('GDPR', () => {
     expect((await message(p, sent.json.id as string)).to_number).toBe(report.phone_hash);
     expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
 
-    // the consent log still knows the number by its hash: a later STOP revokes
+    // consent without evidence cannot be relied on: every purpose is revoked
+    const after = await p.app.inject({ method: 'GET', url: `/v1/consents/${encodeURIComponent(to)}`, headers: bearer(p.tenant.workspaceKey) });
+    expect((after.json() as { state: Record<string, string> }).state).toEqual({
+      marketing: 'revoked',
+      transactional: 'revoked',
+      appointment: 'revoked',
+      cart_recovery: 'revoked',
+    });
+    // the consent log still knows the number by its hash: a later STOP matches it
     expect(await p.simulator.sendInbound({ from: to, to: '+14155550100', body: 'STOP' })).toBe(200);
     const c = await p.app.inject({ method: 'GET', url: `/v1/consents/${encodeURIComponent(to)}`, headers: bearer(p.tenant.workspaceKey) });
-    const body = c.json() as { state: Record<string, string>; history: { phone?: string; evidence: unknown }[] };
+    const body = c.json() as { state: Record<string, string>; history: { source: string; evidence: unknown }[] };
     expect(body.state.marketing).toBe('revoked');
     expect(body.history[0]!.evidence).toEqual({ erased: true });
+    expect(body.history.filter((h) => h.source === 'inbound_sms')).toHaveLength(4);
   });
 });

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as credits from '../src/credits/index.ts';
 import { reconcile } from '../src/messaging/index.ts';
 import { storedAccount } from './helpers/orgs.ts';
-import { eventually, grantCredits, message, type Pipeline, sendViaApi, startPipeline, waitForStatus } from './helpers/pipeline.ts';
+import { eventually, grantCredits, message, nudge, type Pipeline, sendViaApi, startPipeline, waitForStatus } from './helpers/pipeline.ts';
 import { killAllSpawned, type Spawned, spawnCredence } from './helpers/process.ts';
 
 /**
@@ -92,7 +92,7 @@ describe('a worker killed after the carrier accepted', () => {
     await next.waitFor(/Credence is running/, 60_000);
     await eventually(
       async () => {
-        await reconcile(p.sendDeps);
+        await nudge(p);
         const rows = await Promise.all(ids.map((id) => message(p, id)));
         if (rows.every((r) => r.status === 'delivered')) return rows;
         lastSeen = rows.filter((r) => r.status !== 'delivered').map((r) => `${r.id}:${r.status}:${r.status_reason}:${r.attempts}`).join(' ');

@@ -16,6 +16,7 @@ const row = (over: Partial<RuleRow> = {}): RuleRow => ({
   allowed_countries: null,
   send_windows: {},
   consent_ok: true,
+  campaign_running: true,
   ...over,
 });
 // 2026-11-24 (a Tuesday) 12:00 in Los Angeles
@@ -28,6 +29,7 @@ describe('the send-time decision', () => {
     expect(decide(row({ country: 'GB', to_number: '+447400123456' }), open, noonLA)).toEqual({ action: 'skip', reason: 'country_not_allowed' });
     expect(decide(row({ consent_ok: false }), open, nightLA)).toEqual({ action: 'skip', reason: 'no_consent' });
     expect(decide(row(), open, noonLA)).toEqual({ action: 'go' });
+    expect(decide(row({ campaign_running: false }), open, noonLA)).toEqual({ action: 'block', reason: 'campaign_paused' });
     expect(decide(row(), open, nightLA)).toEqual({ action: 'defer', reason: 'quiet_hours', until: new Date('2026-11-24T18:00:00Z') });
   });
 

@@ -72,3 +72,13 @@ export async function eraseConsentEvents(db: DbOrTx, workspaceId: string, phone:
     where workspace_id = ${workspaceId} and phone_hash = credence_phone_hash(${phone}) and phone is not null`.execute(db);
   return Number(r.numAffectedRows ?? 0);
 }
+
+/**
+ * After an erasure the evidence of every consent is gone, so none can be
+ * relied on: every purpose is revoked, recorded under the hash only.
+ */
+export async function revokeErased(db: DbOrTx, scope: { organizationId: string; workspaceId: string }, phone: string, actor: string): Promise<void> {
+  await sql`insert into consent_events (organization_id, workspace_id, phone_hash, phone, purpose, action, source, evidence, actor, occurred_at)
+    select ${scope.organizationId}, ${scope.workspaceId}, credence_phone_hash(${phone}), null, p, 'revoked', 'api', '{"erased": true}'::jsonb, ${actor}, now()
+    from unnest(array['marketing', 'transactional', 'appointment', 'cart_recovery']) p`.execute(db);
+}

@@ -17,6 +17,7 @@ export {
   consentHistory,
   eraseConsentEvents,
   type NewConsentEvent,
+  revokeErased,
   sqlConsentStates,
 } from './consent.store.ts';
 export { classifyInbound, type Keyword } from './keywords.ts';

@@ -16,7 +16,9 @@ import { healthRoutes } from './routes/health.ts';
 import { messageRoutes } from './routes/messages.ts';
 import { metricsRoutes } from './routes/metrics.ts';
 import { senderRoutes } from './routes/senders.ts';
+import { campaignRoutes } from './routes/campaigns.ts';
 import { consentRoutes } from './routes/consent.ts';
+import { contactRoutes } from './routes/contacts.ts';
 import { privacyRoutes } from './routes/privacy.ts';
 import { webhookRoutes } from './routes/webhooks.ts';
 import { tenancyRoutes } from './routes/tenancy.ts';
@@ -99,6 +101,8 @@ export async function buildApp(deps: AppDeps) {
   await app.register(metricsRoutes(deps));
   await app.register(messageRoutes(deps));
   await app.register(senderRoutes(deps));
+  await app.register(contactRoutes(deps));
+  await app.register(campaignRoutes(deps));
   await app.register(consentRoutes(deps));
   await app.register(privacyRoutes(deps));
   await app.register(webhookRoutes(deps));

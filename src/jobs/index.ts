@@ -1,4 +1,6 @@
 import type { TaskList } from 'graphile-worker';
+import * as campaigns from '../campaigns/index.ts';
+import { runContactImport } from '../contacts/index.ts';
 import { recordVerification, verifyLedger } from '../credits/index.ts';
 import type { Db } from '../db/db.ts';
 import { dispatchOrganization, reconcile, type SendDeps, scheduleDispatch, sendBatch, sweep } from '../messaging/index.ts';
@@ -56,7 +58,24 @@ export function buildTaskList(deps: TaskDeps): TaskList {
       await deps.db.transaction().execute(async (trx) => {
         const found = await sweep(trx);
         for (const org of found.organizations) await scheduleDispatch(trx, org);
+        await campaigns.sweepCampaigns(trx);
       });
+    },
+    /** Turn a campaign's next recipients into messages and move its cursor. */
+    campaign_advance: async (payload) => {
+      await campaigns.advanceCampaign(deps, stringField(payload, 'campaignId'));
+    },
+    /** A scheduled campaign's start time has come. */
+    campaign_start: async (payload) => {
+      await campaigns.startScheduled(deps.db, stringField(payload, 'campaignId'));
+    },
+    /** Complete a campaign whose recipients are all done; pause one past its error threshold. */
+    campaign_check: async (payload) => {
+      await campaigns.checkCampaign(deps, stringField(payload, 'campaignId'));
+    },
+    /** Parse an uploaded contacts CSV, in batches, with progress. */
+    contact_import: async (payload) => {
+      await runContactImport(deps, payload);
     },
     /** G4: recompute every account from its entries; the result feeds /metrics. */
     ledger_verify: async () => {

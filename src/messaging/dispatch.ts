@@ -4,6 +4,7 @@ import type { Db, Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { newId } from '../shared/ids.ts';
 import * as store from './messages.store.ts';
+import { CAMPAIGN_CLAIMABLE, CAMPAIGN_RUNNING, pauseCampaigns } from './campaignGate.ts';
 import { decide, type RuleColumns } from './rules.ts';
 
 export const DISPATCH_BATCH = 500;
@@ -12,8 +13,11 @@ export const SEND_BATCH = 50;
 type Candidate = store.MessageRow & RuleColumns;
 
 /** The workspace columns and consent verdict the send rules need, for a query over `messages m join workspaces w`. */
-export const RULE_COLUMNS = sql`w.sms_enabled, w.home_country, w.allowed_countries, w.send_windows,
-  credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer) as consent_ok`;
+export function ruleColumns(stage: 'dispatch' | 'claim') {
+  return sql`w.sms_enabled, w.home_country, w.allowed_countries, w.send_windows,
+  credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer) as consent_ok,
+  ${stage === 'dispatch' ? CAMPAIGN_RUNNING : CAMPAIGN_CLAIMABLE} as campaign_running`;
+}
 
 /**
  * Wake the organization's dispatcher when the earliest deferred message is
@@ -64,7 +68,7 @@ export async function dispatchOrganization(
   for (;;) {
     const { rows: more } = await db.transaction().execute(async (trx) => {
       const { rows } = await sql<Candidate>`
-        select m.*, ${RULE_COLUMNS} from messages m join workspaces w on w.id = m.workspace_id
+        select m.*, ${ruleColumns('dispatch')} from messages m join workspaces w on w.id = m.workspace_id
         where m.organization_id = ${organizationId}
           and (
             (m.status = 'planned' and m.send_at <= now())
@@ -142,6 +146,15 @@ export async function dispatchOrganization(
       // `block` does not apply to messages already blocked (same reason): they simply stay.
       const moved = await store.applyEvent(trx, 'block', toBlock.filter((b) => rows.find((r) => r.id === b.id)?.status !== 'blocked'));
       report.blocked += moved.length;
+      // A campaign that cannot pay for its next message, or whose workspace
+      // is disabled, pauses itself (last: the campaign row after the account row).
+      const byId = new Map(rows.map((r) => [r.id, r]));
+      for (const reason of ['insufficient_credits', 'debt_outstanding', 'workspace_disabled'] as const) {
+        const campaigns = new Set(
+          toBlock.filter((b) => b.patch.reason === reason).flatMap((b) => byId.get(b.id)?.campaign_id ?? []),
+        );
+        await pauseCampaigns(trx, [...campaigns], reason === 'workspace_disabled' ? 'workspace_disabled' : 'insufficient_credits', 'dispatch');
+      }
       return { rows };
     });
     if (more.length < DISPATCH_BATCH) break;

@@ -8,6 +8,8 @@ export interface GateContext {
   workspaceSmsEnabled: boolean;
   /** Outstanding debt on the organization's credit account (any debt stops sending). */
   debt: number;
+  /** The message's campaign is running (true for messages outside campaigns). */
+  campaignRunning?: boolean;
 }
 
 export type GateDecision = { pass: true } | { pass: false; action: 'block'; reason: string };
@@ -16,5 +18,6 @@ export function checkGates(ctx: GateContext): GateDecision {
   if (ctx.organizationFrozen) return { pass: false, action: 'block', reason: 'organization_frozen' };
   if (!ctx.workspaceSmsEnabled) return { pass: false, action: 'block', reason: 'workspace_disabled' };
   if (ctx.debt > 0) return { pass: false, action: 'block', reason: 'debt_outstanding' };
+  if (ctx.campaignRunning === false) return { pass: false, action: 'block', reason: 'campaign_paused' };
   return { pass: true };
 }

@@ -59,7 +59,7 @@ export type NewMessage = Pick<
   | 'segments'
   | 'cost'
   | 'send_at'
-> & { recipient_timezone?: string | null };
+> & { recipient_timezone?: string | null; status_reason?: string | null };
 
 /**
  * Insert messages; a dedupe key already taken in the workspace inserts
@@ -77,17 +77,18 @@ export async function insertMessages(
   const { rows } = await sql<MessageRow>`
     with ins as (
       insert into messages (id, organization_id, workspace_id, dedupe_key, request_hash, producer, campaign_id, purpose,
-        to_number, country, from_number, body, encoding, segments, cost, send_at, recipient_timezone, status)
+        to_number, country, from_number, body, encoding, segments, cost, send_at, recipient_timezone, status, status_reason, terminal_at)
       select x.id, x.organization_id, x.workspace_id, x.dedupe_key, x.request_hash, x.producer, x.campaign_id, x.purpose,
-        x.to_number, x.country, x.from_number, x.body, x.encoding, x.segments, x.cost, x.send_at, x.recipient_timezone, ${status}
+        x.to_number, x.country, x.from_number, x.body, x.encoding, x.segments, x.cost, x.send_at, x.recipient_timezone, ${status},
+        x.status_reason, ${status === 'skipped' || status === 'failed' ? sql`now()` : sql`null`}
       from json_to_recordset(${JSON.stringify(messages)}::json) as x(id text, organization_id text, workspace_id text,
         dedupe_key text, request_hash text, producer text, campaign_id text, purpose text, to_number text, country text,
-        from_number text, body text, encoding text, segments int, cost int, send_at timestamptz, recipient_timezone text)
+        from_number text, body text, encoding text, segments int, cost int, send_at timestamptz, recipient_timezone text, status_reason text)
       on conflict (workspace_id, dedupe_key) do nothing
       returning *
     ), ev as (
-      insert into message_events (message_id, organization_id, event, from_status, to_status)
-      select id, organization_id, 'created', null, status from ins
+      insert into message_events (message_id, organization_id, event, from_status, to_status, reason)
+      select id, organization_id, 'created', null, status, status_reason from ins
     )
     select ins.* ${notify ? sql`, (select pg_notify(${notify.channel}, ${notify.organizationId})) as notified` : sql``} from ins`.execute(trx);
   return rows;

@@ -24,6 +24,7 @@ export interface RuleColumns {
   send_windows: Record<string, { start: string; end: string } | null>;
   /** credence_consent_allows(…) evaluated in the same statement that locked the row */
   consent_ok: boolean;
+  campaign_running: boolean;
 }
 
 export type RuleRow = Pick<MessageRow, 'purpose' | 'producer' | 'country' | 'to_number' | 'recipient_timezone'> & RuleColumns;
@@ -42,7 +43,7 @@ export function policyFor(row: RuleRow): SendPolicy {
 }
 
 export function decide(row: RuleRow, gates: GateContext, now: Date): SendDecision {
-  const gate = checkGates(gates);
+  const gate = checkGates({ ...gates, campaignRunning: row.campaign_running });
   if (!gate.pass) return { action: 'block', reason: gate.reason };
   if (!countryAllowed(row.country, allowedCountries(row))) return { action: 'skip', reason: 'country_not_allowed' };
   if (!row.consent_ok) return { action: 'skip', reason: 'no_consent' };

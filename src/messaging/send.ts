@@ -8,7 +8,8 @@ import { newId } from '../shared/ids.ts';
 import type { Logger } from '../shared/logger.ts';
 import { type BreakerState, breakerAllows, breakerRecord, CLOSED } from './breaker.ts';
 import { classifyCarrierError } from './carrierErrors.ts';
-import { RULE_COLUMNS, scheduleDeferred } from './dispatch.ts';
+import { CAMPAIGN_CLAIMABLE, scheduleCampaignCheck } from './campaignGate.ts';
+import { ruleColumns, scheduleDeferred } from './dispatch.ts';
 import { applyLimits, countHourlySends, type LimitRow } from './limits.ts';
 import { applyOptOut } from './optOut.ts';
 import { decide, type RuleColumns } from './rules.ts';
@@ -69,7 +70,7 @@ async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]>
   const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
   return deps.db.transaction().execute(async (trx) => {
     const { rows } = await sql<ClaimRow>`
-      select m.*, ${RULE_COLUMNS}, w.frequency_caps, w.hourly_cap,
+      select m.*, ${ruleColumns('claim')}, w.frequency_caps, w.hourly_cap,
         o.frozen_at is not null as frozen, coalesce(a.debt, 0)::bigint as debt
       from messages m
       join workspaces w on w.id = m.workspace_id
@@ -147,6 +148,7 @@ async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]>
             and m.country = any(coalesce(w.allowed_countries, array[w.home_country]))
             and not exists (select 1 from credit_accounts a where a.organization_id = m.organization_id and a.debt > 0)
             and credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer)
+            and ${CAMPAIGN_CLAIMABLE}
           returning m.*
         ), ev as (
           insert into message_events (message_id, organization_id, event, from_status, to_status, details)
@@ -357,6 +359,11 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
       join credit_reservations r on r.id = m.reservation_id and r.state = 'open'
       where m.id = any(${attempts.map((a) => a.message.id)}::text[]) and m.status in ('sent', 'delivered', 'undelivered')`.execute(trx);
     await captureFor(trx, carried, 'carrier accepted');
+    // campaigns of this batch: completion and error threshold are looked at soon
+    await scheduleCampaignCheck(
+      trx,
+      attempts.flatMap((a) => a.message.campaign_id ?? []),
+    );
     if (optOuts.length > 0) {
       deps.log.info({ message_ids: optOuts.map((m) => m.id) }, 'carrier reports recipients opted out (21610): consent revoked');
     }

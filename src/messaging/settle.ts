@@ -208,13 +208,15 @@ export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileR
 }
 
 /** Periodic safety net: wake dispatchers with due work and re-add send jobs lost to exhausted job retries. */
-export async function sweep(trx: Tx): Promise<{ organizations: string[]; resent: number }> {
+export async function sweep(trx: Tx, options: { staleQueuedMs?: number } = {}): Promise<{ organizations: string[]; resent: number }> {
+  const stale = `${options.staleQueuedMs ?? 120_000} milliseconds`;
   const { rows: orgs } = await sql<{ organization_id: string }>`select distinct organization_id from messages
     where (status = 'planned' and send_at <= now()) or (status = 'deferred' and coalesce(next_attempt_at, send_at) <= now())`.execute(trx);
-  const { rows: stale } = await sql<{ id: string }>`select id from messages
-    where status = 'queued' and coalesce(next_attempt_at, updated_at) < now() - interval '2 minutes' limit 5000`.execute(trx);
-  await enqueueSends(trx, stale.map((r) => r.id));
+  // queued this long without a claim: its send job is lost, or locked by a worker that died
+  const { rows: lost } = await sql<{ id: string }>`select id from messages
+    where status = 'queued' and coalesce(next_attempt_at, updated_at) < now() - ${stale}::interval limit 5000`.execute(trx);
+  await enqueueSends(trx, lost.map((r) => r.id));
   // hourly-cap counters older than the hour they count are of no further use
   await sql`delete from send_counters where minute < now() - interval '2 hours'`.execute(trx);
-  return { organizations: orgs.map((o) => o.organization_id), resent: stale.length };
+  return { organizations: orgs.map((o) => o.organization_id), resent: lost.length };
 }

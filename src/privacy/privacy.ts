@@ -9,7 +9,8 @@ import { DomainError } from '../shared/errors.ts';
  * it, or erase it. Erasure pseudonymizes (the number becomes its keyed hash,
  * bodies and evidence are blanked) rather than deleting, so the ledger's
  * amounts stay intact and a later STOP from the same number still matches
- * the consent log.
+ * the consent log. With its evidence gone no consent can be relied on, so
+ * every purpose is revoked too.
  */
 export interface PhoneExport {
   phone: string;
@@ -36,6 +37,7 @@ export interface ErasureReport {
   messages_cancelled: number;
   consent_events_pseudonymized: number;
   inbound_pseudonymized: number;
+  contacts_pseudonymized: number;
 }
 
 export async function erasePhone(db: Db, scope: { organizationId: string; workspaceId: string }, phone: string): Promise<ErasureReport> {
@@ -67,13 +69,21 @@ export async function erasePhone(db: Db, scope: { organizationId: string; worksp
       where workspace_id = ${scope.workspaceId} and to_number = ${phone}`.execute(trx);
     const inbound = await sql`update inbound_messages set from_number = ${hash}, body = '[erased]', payload = '{}'::jsonb, erased = true
       where workspace_id = ${scope.workspaceId} and from_number = ${phone}`.execute(trx);
+    // the contact and every campaign's snapshot of it
+    const contacts = await sql`update contacts set phone = ${hash}, first_name = null, last_name = null, locale = null,
+        attributes = '{}'::jsonb, updated_at = now()
+      where workspace_id = ${scope.workspaceId} and phone = ${phone}`.execute(trx);
+    await sql`update campaign_recipients r set phone = ${hash}, variables = '{}'::jsonb
+      from campaigns c where c.id = r.campaign_id and c.workspace_id = ${scope.workspaceId} and r.phone = ${phone}`.execute(trx);
     const consents = await consent.eraseConsentEvents(trx, scope.workspaceId, phone);
+    await consent.revokeErased(trx, scope, phone, 'privacy_erasure');
     return {
       phone_hash: hash,
       messages_pseudonymized: Number(pseudo.numAffectedRows ?? 0),
       messages_cancelled: cancelled.length,
       consent_events_pseudonymized: consents,
       inbound_pseudonymized: Number(inbound.numAffectedRows ?? 0),
+      contacts_pseudonymized: Number(contacts.numAffectedRows ?? 0),
     };
   });
 }

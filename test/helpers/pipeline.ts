@@ -167,3 +167,18 @@ export async function waitForStatus(p: Pipeline, id: string, statuses: string[],
     `${id} to reach ${statuses.join('|')}`,
   );
 }
+
+/**
+ * What the minute crons do (reconciliation, the sweep, campaign checks), done
+ * now and with short staleness, so crash tests need not wait for the clock.
+ */
+export async function nudge(p: Pipeline): Promise<void> {
+  const { reconcile, scheduleDispatch, sweep } = await import('../../src/messaging/index.ts');
+  const { sweepCampaigns } = await import('../../src/campaigns/index.ts');
+  await reconcile(p.sendDeps);
+  await p.tdb.db.transaction().execute(async (trx) => {
+    const found = await sweep(trx, { staleQueuedMs: 3_000 });
+    for (const org of found.organizations) await scheduleDispatch(trx, org);
+    await sweepCampaigns(trx);
+  });
+}

@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
+import { resumeCampaignsForCredits } from '../../campaigns/index.ts';
 import * as credits from '../../credits/index.ts';
 import { scheduleDispatch } from '../../messaging/index.ts';
 import { DomainError } from '../../shared/errors.ts';
@@ -282,7 +283,10 @@ export function creditsRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
                 : await credits.grant(trx, { organizationId: org, amount, reason, idempotencyKey: idempotency_key, actor: ledgerActor });
             if (!r.replayed) {
               // Credits arrived: messages blocked for want of them may go now.
-              if (r.balances.available > 0) await scheduleDispatch(trx, org, { includeBlocked: true });
+              if (r.balances.available > 0) {
+                await resumeCampaignsForCredits(trx, org, `operator:${op.keyId}`);
+                await scheduleDispatch(trx, org, { includeBlocked: true });
+              }
               await tenancy.recordAudit(trx, actor, {
                 action: kind === 'adjustments' ? 'credits.adjust' : 'credits.grant',
                 organizationId: org,

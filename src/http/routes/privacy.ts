@@ -154,6 +154,7 @@ export function privacyRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
               messages_cancelled: Type.Integer(),
               consent_events_pseudonymized: Type.Integer(),
               inbound_pseudonymized: Type.Integer(),
+              contacts_pseudonymized: Type.Integer(),
             }),
           },
         },

@@ -1,0 +1,143 @@
+/**
+ * npm run bench:campaign — a 100,000-recipient marketing campaign (consent
+ * recorded, quiet hours open) through `credence api` + `credence worker` to
+ * the carrier simulator (its own process, latency 0–5 ms, no faults), on an
+ * embedded, durable PostgreSQL; then, in the same run, the carrier ceiling:
+ * the same number of sends straight to the simulator through the adapter.
+ * Prints the worker's peak RSS (VmHWM) too.
+ */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { sql } from 'kysely';
+import * as consent from '../src/consent/index.ts';
+import { newId } from '../src/shared/ids.ts';
+import { daytimeZone } from '../test/helpers/campaigns.ts';
+import { freePort } from '../test/helpers/ports.ts';
+import { killAllSpawned, spawnCredence } from '../test/helpers/process.ts';
+import { measureCarrierCeiling } from './carrier-ceiling.ts';
+import { benchDatabase } from './harness.ts';
+
+const COUNT = Number(process.env.BENCH_CAMPAIGN_RECIPIENTS ?? 100_000);
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => void killAllSpawned().finally(() => process.exit(130)));
+}
+
+async function peakRssMb(pid: number | undefined): Promise<number> {
+  if (pid === undefined) return Number.NaN;
+  const status = await fs.readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const kb = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? Number.NaN);
+  return Math.round(kb / 1024);
+}
+
+const home = await fs.mkdtemp(path.join(os.tmpdir(), 'credence-bench-campaign-'));
+const database = await benchDatabase(4);
+try {
+  const simPort = await freePort();
+  const apiPort = await freePort();
+  const apiUrl = `http://127.0.0.1:${apiPort}`;
+  const simUrl = `http://127.0.0.1:${simPort}`;
+  const common = {
+    CREDENCE_HOME: home,
+    LOG_LEVEL: 'warn',
+    PUBLIC_URL: apiUrl,
+    ...(process.env.BENCH_PROFILE_DIR && { BENCH_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}` }),
+  };
+  const sim = spawnCredence(['simulator'], { ...common, SIMULATOR_PORT: String(simPort), SIMULATOR_FAULTS: '{"latencyMs":{"min":0,"max":5}}' });
+  await sim.waitFor(/listening on/);
+  const account = JSON.parse(await fs.readFile(path.join(home, 'simulator.json'), 'utf8')) as { sid: string; authToken: string };
+  const env = {
+    ...common,
+    DATABASE_URL: database.url,
+    TWILIO_ACCOUNT_SID: account.sid,
+    TWILIO_AUTH_TOKEN: account.authToken,
+    TWILIO_API_URL: simUrl,
+    PORT: String(apiPort),
+    DB_POOL_SIZE: '20',
+    WORKER_CONCURRENCY: '16',
+  };
+  const api = spawnCredence(['api'], env);
+  const [, opKey] = await api.waitFor(/Bootstrap operator API key[^\n]*\n\s+(crd_op_\S+)/);
+  const worker = spawnCredence(['worker'], env);
+  await worker.waitFor(/Credence is running/);
+
+  const call = async (method: string, url: string, key: string, body?: unknown) => {
+    const res = await fetch(`${apiUrl}${url}`, {
+      method,
+      headers: { authorization: `Bearer ${key}`, ...(body !== undefined && { 'content-type': 'application/json' }) },
+      ...(body !== undefined && { body: JSON.stringify(body) }),
+    });
+    const json = (await res.json()) as Record<string, unknown>;
+    if (res.status >= 300) throw new Error(`${method} ${url}: ${res.status} ${JSON.stringify(json)}`);
+    return json;
+  };
+  const org = (await call('POST', '/v1/organizations', opKey!, { name: 'Bench' })) as { organization: { id: string }; admin_key: { key: string } };
+  const ws = (await call('POST', '/v1/workspaces', org.admin_key.key, { name: 'Bench shop' })) as { id: string };
+  const wsKey = ((await call('POST', '/v1/api-keys', org.admin_key.key, { name: 'bench', scope: 'workspace', workspace_id: ws.id })) as { key: string }).key;
+  await call('POST', '/v1/sender-numbers', wsKey, { phone_number: '+14155550100', kind: 'short_code', mps: 10000 });
+  await call('POST', `/v1/organizations/${org.organization.id}/credits/grants`, opKey!, { amount: COUNT * 2, reason: 'bench', idempotency_key: 'bench' });
+
+  // The audience, written in bulk: contacts in a zone where it is early afternoon, each with marketing consent.
+  process.stdout.write(`preparing ${COUNT} contacts with consent…\n`);
+  const listId = newId('lst');
+  const db = database.db;
+  await sql`insert into contact_lists (id, organization_id, workspace_id, name) values (${listId}, ${org.organization.id}, ${ws.id}, 'bench')`.execute(db);
+  const zone = daytimeZone();
+  for (let i = 0; i < COUNT; i += 10_000) {
+    const n = Math.min(10_000, COUNT - i);
+    const contacts = Array.from({ length: n }, (_, k) => ({ id: newId('ct'), phone: `+1415${String(2_000_000 + i + k).padStart(7, '0')}`, first_name: `C${i + k}` }));
+    await sql`insert into contacts (id, organization_id, workspace_id, phone, country, first_name, timezone)
+      select x.id, ${org.organization.id}, ${ws.id}, x.phone, 'US', x.first_name, ${zone}
+      from json_to_recordset(${JSON.stringify(contacts)}::json) as x(id text, phone text, first_name text)`.execute(db);
+    await sql`insert into contact_list_members (list_id, contact_id) select ${listId}, unnest(${contacts.map((c) => c.id)}::text[])`.execute(db);
+    await consent.appendConsentEvents(
+      db,
+      contacts.map((c) => ({
+        organization_id: org.organization.id,
+        workspace_id: ws.id,
+        phone: c.phone,
+        purpose: 'marketing' as const,
+        action: 'granted' as const,
+        source: 'import' as const,
+        evidence: { bench: true },
+        actor: 'bench',
+      })),
+    );
+  }
+  const campaign = (await call('POST', '/v1/campaigns', wsKey, {
+    name: 'Bench campaign',
+    body: 'Hi {{first_name|there}}, our spring sale starts today. Reply STOP to opt out.',
+    audience: { type: 'list', id: listId },
+  })) as { id: string };
+
+  process.stdout.write(`running a ${COUNT}-recipient campaign…\n`);
+  const t0 = Date.now();
+  await call('POST', `/v1/campaigns/${campaign.id}/start`, wsKey);
+  const deadline = Date.now() + 20 * 60_000;
+  let accepted = 0;
+  for (;;) {
+    accepted = ((await (await fetch(`${simUrl}/_sim/stats`)).json()) as { accepted: number }).accepted;
+    if (accepted >= COUNT) break;
+    if (Date.now() > deadline) throw new Error(`only ${accepted} of ${COUNT} reached the carrier`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const elapsed = Date.now() - t0;
+  const throughput = Math.round((COUNT / elapsed) * 1000);
+  const log = (await (await fetch(`${simUrl}/_sim/log`)).json()) as { to: string }[];
+  const duplicates = log.length - new Set(log.map((m) => m.to)).size;
+  const rss = await peakRssMb(worker.child.pid);
+  process.stdout.write(`campaign: ${COUNT} at the carrier ${(elapsed / 1000).toFixed(1)} s after start; duplicates=${duplicates}\n`);
+
+  worker.child.kill('SIGTERM');
+  api.child.kill('SIGTERM');
+  await Promise.all([worker.exited, api.exited]);
+  const ceiling = await measureCarrierCeiling({ simulatorUrl: simUrl, accountSid: account.sid, authToken: account.authToken, count: COUNT, concurrency: 50 });
+  sim.child.kill('SIGTERM');
+  await sim.exited;
+  process.stdout.write(`campaign: throughput=${throughput} ceiling=${ceiling} ratio=${(throughput / ceiling).toFixed(2)} peak_rss_mb=${rss}\n`);
+} finally {
+  await killAllSpawned();
+  await database.close();
+  await fs.rm(home, { recursive: true, force: true });
+}

@@ -1,0 +1,119 @@
+import { sql } from 'kysely';
+import type { Db, Tx } from '../db/db.ts';
+import { addJob } from '../jobs/enqueue.ts';
+import * as messaging from '../messaging/index.ts';
+import { allowedCountries, checkNumber } from '../sendrules/index.ts';
+import { orderedId } from '../shared/ids.ts';
+import type { Logger } from '../shared/logger.ts';
+import { parsePhone } from '../shared/phone.ts';
+import { type CampaignRow, findCampaign } from './campaigns.store.ts';
+import { parseTemplate, render } from './template.ts';
+
+/** Recipients turned into messages per advance step (without a throttle). */
+export const ADVANCE_BATCH = 1_000;
+
+interface RecipientRow {
+  seq: number;
+  phone: string;
+  timezone: string | null;
+  variables: Record<string, unknown>;
+}
+
+export async function scheduleAdvance(trx: Tx, campaignId: string, runAt?: Date): Promise<void> {
+  await addJob(trx, 'campaign_advance', { campaignId }, { maxAttempts: 25, ...(runAt && { runAt }) });
+}
+
+export async function scheduleCheck(trx: Tx, campaignId: string, delayMs = 2_000): Promise<void> {
+  await messaging.scheduleCampaignCheck(trx, [campaignId], delayMs);
+}
+
+/**
+ * One advance step: under the campaign row's lock, turn the next recipients
+ * into messages (`dedupe_key = campaign:{id}:{seq}`, ids in seq order) and
+ * move the cursor, in one transaction. Only a running campaign advances; a
+ * rerun after a crash continues from the cursor, and the dedupe key makes a
+ * second copy impossible anyway. Numbers that may never be texted are
+ * created `skipped` with the reason, so every recipient has its message.
+ */
+export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId: string): Promise<{ created: number; done: boolean }> {
+  let orgToWake: string | undefined;
+  const result = await deps.db.transaction().execute(async (trx) => {
+    const c = await findCampaign(trx, campaignId, { lock: true });
+    if (c === undefined || c.status !== 'running' || c.audience_size === null) return { created: 0, done: true };
+    const perSecond = c.throttle_mps;
+    const batch = perSecond === null ? ADVANCE_BATCH : Math.max(1, Math.floor(perSecond));
+    const { rows: recipients } = await sql<RecipientRow>`select seq, phone, timezone, variables from campaign_recipients
+      where campaign_id = ${c.id} and seq > ${c.cursor} order by seq limit ${batch}`.execute(trx);
+    if (recipients.length === 0) {
+      await scheduleCheck(trx, c.id, 0);
+      return { created: 0, done: true };
+    }
+    const rows = await buildMessages(trx, c, recipients, perSecond);
+    const planned = rows.filter((r) => r.status_reason === null);
+    const skipped = rows.filter((r) => r.status_reason !== null);
+    const created = [
+      ...(await messaging.insertMessages(trx, planned, 'planned')),
+      ...(await messaging.insertMessages(trx, skipped, 'skipped')),
+    ];
+    const last = recipients.at(-1)!.seq;
+    await sql`update campaigns set cursor = ${last}, updated_at = now() where id = ${c.id}`.execute(trx);
+    const done = last >= c.audience_size;
+    if (done) await scheduleCheck(trx, c.id);
+    else await scheduleAdvance(trx, c.id, perSecond === null ? undefined : new Date(Date.now() + 1_000));
+    orgToWake = c.organization_id;
+    return { created: created.length, done };
+  });
+  if (orgToWake !== undefined) messaging.wakeDispatcher(deps.db, orgToWake);
+  return result;
+}
+
+async function buildMessages(
+  trx: Tx,
+  c: CampaignRow,
+  recipients: readonly RecipientRow[],
+  perSecond: number | null,
+): Promise<(messaging.NewMessage & { status_reason: string | null })[]> {
+  const parsed = parseTemplate(c.body_template);
+  if (!parsed.ok) throw new Error(`campaign ${c.id}: template no longer parses: ${parsed.reason}`);
+  const { rows: wsRows } = await sql<{ allowed_countries: string[] | null; home_country: string }>`
+    select allowed_countries, home_country from workspaces where id = ${c.workspace_id}`.execute(trx);
+  const allowed = allowedCountries(wsRows[0]!);
+  const priceList = await messaging.organizationPriceList(trx, c.organization_id);
+  const now = Date.now();
+  const stem = c.id.slice(-6);
+  return recipients.map((r, i) => {
+    const body = render(parsed, r.variables);
+    const phone = parsePhone(r.phone);
+    let reason: string | null = null;
+    let priced: messaging.Priced | undefined;
+    if (!phone.ok) reason = 'invalid_number';
+    else {
+      const safety = checkNumber(phone, allowed);
+      if (!safety.ok) reason = safety.reason;
+    }
+    if (body.trim() === '') reason ??= 'empty_body';
+    else if (body.length > messaging.MAX_BODY) reason ??= 'body_too_long';
+    if (reason === null) priced = messaging.priceMessage(r.phone, body, priceList);
+    return {
+      id: orderedId('msg', stem, r.seq, now),
+      organization_id: c.organization_id,
+      workspace_id: c.workspace_id,
+      dedupe_key: `campaign:${c.id}:${r.seq}`,
+      request_hash: null,
+      producer: 'campaign' as const,
+      campaign_id: c.id,
+      purpose: c.purpose,
+      to_number: priced?.to ?? r.phone,
+      country: priced?.country ?? (phone.ok ? phone.country : 'ZZ'),
+      from_number: c.from_number,
+      body: body.slice(0, messaging.MAX_BODY) || '(empty)',
+      encoding: priced?.encoding ?? 'GSM-7',
+      segments: priced?.segments ?? 1,
+      cost: priced?.cost ?? 1,
+      // a throttle spreads the batch over its second
+      send_at: new Date(perSecond === null ? now : now + Math.floor((i * 1000) / perSecond)),
+      recipient_timezone: r.timezone,
+      status_reason: reason,
+    };
+  });
+}

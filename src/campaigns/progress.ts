@@ -1,0 +1,146 @@
+import { sql } from 'kysely';
+import { audienceQuery } from '../contacts/index.ts';
+import * as credits from '../credits/index.ts';
+import type { DbOrTx } from '../db/db.ts';
+import * as messaging from '../messaging/index.ts';
+import { parsePhone } from '../shared/phone.ts';
+import type { CampaignRow } from './campaigns.store.ts';
+import { parseTemplate, render, type Variables } from './template.ts';
+
+export interface Progress {
+  campaign_id: string;
+  status: string;
+  pause_reason: string | null;
+  audience_size: number | null;
+  created: number;
+  by_status: Record<string, number>;
+  skipped_by_reason: Record<string, number>;
+  done: number;
+  credits: { reserved: number; captured: number };
+  sends_last_minute: number;
+  eta_seconds: number | null;
+}
+
+/** Counts by status and skip reason, credits reserved and captured, send rate and ETA. */
+export async function campaignProgress(db: DbOrTx, c: CampaignRow): Promise<Progress> {
+  const { rows } = await sql<{ status: string; status_reason: string | null; n: number }>`
+    select status, case when status = 'skipped' then status_reason end as status_reason, count(*)::int as n
+    from messages where campaign_id = ${c.id} group by 1, 2`.execute(db);
+  const byStatus: Record<string, number> = {};
+  const skipped: Record<string, number> = {};
+  for (const r of rows) {
+    byStatus[r.status] = (byStatus[r.status] ?? 0) + r.n;
+    if (r.status === 'skipped') skipped[r.status_reason ?? 'unknown'] = (skipped[r.status_reason ?? 'unknown'] ?? 0) + r.n;
+  }
+  const { rows: money } = await sql<{ reserved: number; captured: number; recent: number }>`
+    select
+      coalesce(sum(r.from_allowance + r.from_purchased) filter (where r.state = 'open'), 0)::int as reserved,
+      coalesce(sum(r.from_allowance + r.from_purchased) filter (where r.state in ('captured', 'refunded')), 0)::int as captured,
+      (select count(*)::int from messages where campaign_id = ${c.id} and claimed_at > now() - interval '1 minute') as recent
+    from messages m join credit_reservations r on r.message_id = m.id
+    where m.campaign_id = ${c.id}`.execute(db);
+  const created = Object.values(byStatus).reduce((a, b) => a + b, 0);
+  const done = ['sent', 'delivered', 'undelivered', 'failed', 'skipped'].reduce((s, k) => s + (byStatus[k] ?? 0), 0);
+  const recent = money[0]?.recent ?? 0;
+  const remaining = (c.audience_size ?? 0) - done;
+  return {
+    campaign_id: c.id,
+    status: c.status,
+    pause_reason: c.pause_reason,
+    audience_size: c.audience_size,
+    created,
+    by_status: byStatus,
+    skipped_by_reason: skipped,
+    done,
+    credits: { reserved: money[0]?.reserved ?? 0, captured: money[0]?.captured ?? 0 },
+    sends_last_minute: recent,
+    eta_seconds: c.status === 'running' && recent > 0 ? Math.ceil((remaining / recent) * 60) : null,
+  };
+}
+
+export interface Rendered {
+  body: string;
+  segments: number;
+  encoding: string;
+  cost: number;
+  country: string;
+}
+
+export async function renderFor(db: DbOrTx, c: CampaignRow, vars: Variables, phone: string): Promise<Rendered> {
+  const parsed = parseTemplate(c.body_template);
+  if (!parsed.ok) throw new Error('template does not parse');
+  const body = render(parsed, vars);
+  const priced = messaging.priceMessage(phone, body, await messaging.organizationPriceList(db, c.organization_id));
+  return { body, segments: priced.segments, encoding: priced.encoding, cost: priced.cost, country: priced.country };
+}
+
+export interface Quote {
+  recipients: number;
+  by_country: { country: string; recipients: number; segments: number; credits: number }[];
+  total_segments: number;
+  total_credits: number;
+  available_credits: number;
+  /** How many recipients, in order, the current balance pays for. */
+  covered: number;
+  summary: string;
+}
+
+/**
+ * Pre-flight estimate: every recipient rendered and priced (the recipients
+ * snapshot once started, the live audience before), by country, and how
+ * many in order the available balance covers. Reads in pages of 5,000.
+ */
+export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> {
+  const parsed = parseTemplate(c.body_template);
+  if (!parsed.ok) throw new Error('template does not parse');
+  const priceList = await messaging.organizationPriceList(db, c.organization_id);
+  const balance = await credits.getCredits(db, c.organization_id);
+  // debt blocks every reservation
+  const available = balance.debt > 0 ? 0 : balance.available;
+  const byCountry = new Map<string, { recipients: number; segments: number; credits: number }>();
+  let recipients = 0;
+  let total = 0;
+  let segments = 0;
+  let covered = 0;
+  let stillCovered = true;
+  const source =
+    c.audience_size !== null
+      ? sql`select seq::text as k, phone, variables from campaign_recipients where campaign_id = ${c.id}`
+      : sql`select a.id as k, a.phone, a.attributes || jsonb_strip_nulls(jsonb_build_object('first_name', a.first_name,
+          'last_name', a.last_name, 'phone', a.phone, 'locale', a.locale)) as variables
+          from (${await audienceQuery(db, c.workspace_id, { type: c.audience_type, id: c.audience_id })}) a`;
+  let after: string | null = null;
+  for (;;) {
+    const { rows } = await sql<{ k: string; phone: string; variables: Variables }>`select * from (${source}) s
+      ${after === null ? sql`` : c.audience_size !== null ? sql`where s.k::int > ${Number(after)}` : sql`where s.k > ${after}`}
+      order by ${c.audience_size !== null ? sql`s.k::int` : sql`s.k`} limit 5000`.execute(db);
+    if (rows.length === 0) break;
+    for (const r of rows) {
+      recipients++;
+      const phone = parsePhone(r.phone);
+      if (!phone.ok) continue;
+      const body = render(parsed, r.variables);
+      if (body.trim() === '' || body.length > messaging.MAX_BODY) continue;
+      const priced = messaging.priceMessage(r.phone, body, priceList);
+      const entry = byCountry.get(priced.country) ?? { recipients: 0, segments: 0, credits: 0 };
+      entry.recipients++;
+      entry.segments += priced.segments;
+      entry.credits += priced.cost;
+      byCountry.set(priced.country, entry);
+      segments += priced.segments;
+      total += priced.cost;
+      if (stillCovered && total <= available) covered++;
+      else stillCovered = false;
+    }
+    after = rows.at(-1)!.k;
+  }
+  return {
+    recipients,
+    by_country: [...byCountry].map(([country, v]) => ({ country, ...v })).sort((a, b) => b.credits - a.credits),
+    total_segments: segments,
+    total_credits: total,
+    available_credits: available,
+    covered,
+    summary: `${covered.toLocaleString('en-US')} of ${recipients.toLocaleString('en-US')}`,
+  };
+}

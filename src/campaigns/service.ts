@@ -1,0 +1,219 @@
+import { sql } from 'kysely';
+import { audienceQuery } from '../contacts/index.ts';
+import type { Db, DbOrTx, Tx } from '../db/db.ts';
+import { addJob } from '../jobs/enqueue.ts';
+import * as messaging from '../messaging/index.ts';
+import { DomainError, notFound, validationError } from '../shared/errors.ts';
+import { newId } from '../shared/ids.ts';
+import type { Logger } from '../shared/logger.ts';
+import { scheduleAdvance, scheduleCheck } from './advance.ts';
+import { applyCampaignEvent, type CampaignRow, findCampaign, insertCampaign, snapshotRecipients } from './campaigns.store.ts';
+import { errorThresholdExceeded } from './lifecycle.ts';
+import { parseTemplate } from './template.ts';
+
+export interface CampaignInput {
+  name: string;
+  body: string;
+  audience: { type: 'list' | 'segment'; id: string };
+  purpose?: CampaignRow['purpose'];
+  from?: string;
+  scheduled_at?: string;
+  throttle_mps?: number | null;
+  auto_resume?: boolean;
+  error_threshold?: number | null;
+}
+
+type Scope = { organizationId: string; workspaceId: string };
+
+export async function createCampaign(db: Db, scope: Scope, input: CampaignInput, actor: string): Promise<CampaignRow> {
+  const parsed = parseTemplate(input.body);
+  if (!parsed.ok) throw validationError('body', parsed.reason);
+  let scheduledAt: Date | null = null;
+  if (input.scheduled_at !== undefined) {
+    scheduledAt = new Date(input.scheduled_at);
+    if (Number.isNaN(scheduledAt.getTime())) throw validationError('scheduled_at', 'must be an RFC 3339 date-time');
+  }
+  await audienceQuery(db, scope.workspaceId, input.audience).catch((err: unknown) => {
+    if (err instanceof DomainError && err.code === 'not_found') throw validationError('audience.id', `no such ${input.audience.type} in this workspace`);
+    throw err;
+  });
+  const from = await messaging.resolveSender(db, scope.workspaceId, input.from);
+  return insertCampaign(
+    db,
+    {
+      id: newId('cmp'),
+      organization_id: scope.organizationId,
+      workspace_id: scope.workspaceId,
+      name: input.name,
+      body_template: input.body,
+      purpose: input.purpose ?? 'marketing',
+      audience_type: input.audience.type,
+      audience_id: input.audience.id,
+      from_number: from,
+      scheduled_at: scheduledAt,
+      throttle_mps: input.throttle_mps ?? null,
+      auto_resume: input.auto_resume ?? true,
+      error_threshold: input.error_threshold ?? null,
+    },
+    actor,
+  );
+}
+
+export async function campaignInScope(db: DbOrTx, scope: { organizationId: string; workspaceId?: string }, id: string): Promise<CampaignRow> {
+  const c = await findCampaign(db, id);
+  if (c === undefined || c.organization_id !== scope.organizationId || (scope.workspaceId !== undefined && c.workspace_id !== scope.workspaceId)) {
+    throw notFound('Campaign');
+  }
+  return c;
+}
+
+const conflict = (c: CampaignRow, action: string) => new DomainError('conflict', `A ${c.status} campaign cannot be ${action}.`, { extra: { status: c.status } });
+
+/** Snapshot the audience into numbered recipients and start advancing (in the caller's transaction, campaign row locked). */
+async function begin(trx: Tx, c: CampaignRow, actor: string): Promise<CampaignRow> {
+  const audience = await audienceQuery(trx, c.workspace_id, { type: c.audience_type, id: c.audience_id });
+  const size = await snapshotRecipients(trx, c.id, audience);
+  const started = await applyCampaignEvent(trx, c.id, 'start', { actor, set: sql`audience_size = ${size}, started_at = now()` });
+  if (started === undefined) throw conflict(c, 'started');
+  await scheduleAdvance(trx, c.id);
+  return started;
+}
+
+export async function startCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
+  return db.transaction().execute(async (trx) => {
+    await campaignInScope(trx, scope, id);
+    const c = (await findCampaign(trx, id, { lock: true }))!;
+    if (c.status !== 'draft') throw conflict(c, 'started');
+    if (c.scheduled_at !== null && c.scheduled_at.getTime() > Date.now()) {
+      const scheduled = await applyCampaignEvent(trx, c.id, 'schedule', { actor });
+      await addJob(trx, 'campaign_start', { campaignId: c.id }, { runAt: c.scheduled_at, jobKey: `campaign_start:${c.id}`, maxAttempts: 25 });
+      return scheduled!;
+    }
+    return begin(trx, c, actor);
+  });
+}
+
+/** The `campaign_start` job: a scheduled campaign's time has come. */
+export async function startScheduled(db: Db, campaignId: string): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    const c = await findCampaign(trx, campaignId, { lock: true });
+    if (c?.status === 'scheduled') await begin(trx, c, 'scheduler');
+  });
+}
+
+export async function pauseCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
+  return db.transaction().execute(async (trx) => {
+    const c = await campaignInScope(trx, scope, id);
+    const paused = await messaging.pauseCampaigns(trx, [id], 'manual', actor);
+    if (paused.length === 0) throw conflict(c, 'paused');
+    return (await findCampaign(trx, id))!;
+  });
+}
+
+export async function resumeCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
+  return db.transaction().execute(async (trx) => {
+    const c = await campaignInScope(trx, scope, id);
+    const resumed = await resumeInTx(trx, c.id, actor);
+    if (resumed === undefined) throw conflict(c, 'resumed');
+    await messaging.scheduleDispatch(trx, c.organization_id, { includeBlocked: true });
+    return resumed;
+  });
+}
+
+async function resumeInTx(trx: Tx, id: string, actor: string, reason?: string): Promise<CampaignRow | undefined> {
+  const resumed = await applyCampaignEvent(trx, id, 'resume', { actor, reason: reason ?? null });
+  if (resumed !== undefined) await scheduleAdvance(trx, id);
+  return resumed;
+}
+
+/**
+ * Credits arrived (a purchase, a grant): resume every campaign of the
+ * organization that paused for want of them and has auto_resume on. The
+ * caller wakes dispatch for the blocked messages in the same transaction.
+ */
+export async function resumeCampaignsForCredits(trx: Tx, organizationId: string, actor: string): Promise<string[]> {
+  const { rows } = await sql<{ id: string }>`select id from campaigns where organization_id = ${organizationId}
+    and status = 'paused' and pause_reason = 'insufficient_credits' and auto_resume order by id`.execute(trx);
+  const out: string[] = [];
+  for (const r of rows) if (await resumeInTx(trx, r.id, actor, 'credits_added')) out.push(r.id);
+  return out;
+}
+
+/**
+ * Cancel: every message not yet handed to the carrier is skipped and its
+ * reservation released, then the campaign is cancelled — one transaction,
+ * message rows first (the lock order every campaign transaction follows).
+ */
+export async function cancelCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
+  return db.transaction().execute(async (trx) => {
+    const c = await campaignInScope(trx, scope, id);
+    if (c.status === 'completed' || c.status === 'cancelled') throw conflict(c, 'cancelled');
+    const { rows } = await sql<messaging.MessageRow>`select * from messages where campaign_id = ${id}
+      and status in ('planned', 'queued', 'deferred', 'blocked') order by id for update`.execute(trx);
+    const moved = await messaging.applyEventTo(
+      trx,
+      'skip',
+      rows.map((m) => ({ id: m.id, patch: { reason: 'campaign_cancelled', reservation_id: null } })),
+    );
+    const movedIds = new Set(moved.map((m) => m.id));
+    await messaging.releaseFor(
+      trx,
+      rows.filter((m) => movedIds.has(m.id)),
+      'campaign cancelled',
+    );
+    const cancelled = await applyCampaignEvent(trx, id, 'cancel', { actor, set: sql`completed_at = now()` });
+    if (cancelled === undefined) throw conflict(c, 'cancelled');
+    return cancelled;
+  });
+}
+
+const STALLED_ADVANCE_MS = 30_000;
+
+/** Messages of a campaign that are not done yet. */
+const PENDING = ['planned', 'queued', 'sending', 'deferred', 'blocked', 'unknown'];
+
+/**
+ * The `campaign_check` job: complete a running campaign whose every
+ * recipient's message is done, and pause one whose recent permanent
+ * failures pass its error threshold.
+ */
+export async function checkCampaign(deps: { db: Db; log: Logger }, campaignId: string): Promise<void> {
+  await deps.db.transaction().execute(async (trx) => {
+    const c = await findCampaign(trx, campaignId);
+    if (c === undefined || c.status !== 'running') return;
+    if (c.error_threshold !== null) {
+      const { rows } = await sql<{ failed: number; total: number }>`
+        select count(*) filter (where status = 'failed' and status_reason = 'carrier_error')::int as failed, count(*)::int as total
+        from (select status, status_reason from messages where campaign_id = ${c.id} and claimed_at is not null
+          and status in ('sent', 'delivered', 'undelivered', 'failed') order by claimed_at desc limit 500) recent`.execute(trx);
+      if (errorThresholdExceeded(rows[0]!, c.error_threshold)) {
+        await messaging.pauseCampaigns(trx, [c.id], 'error_threshold', 'campaign_check');
+        deps.log.warn({ campaign_id: c.id, ...rows[0] }, 'campaign paused: error threshold passed');
+        return;
+      }
+    }
+    if (c.audience_size === null) return;
+    if (c.cursor < c.audience_size) {
+      // An advance job held by a worker that died stays locked for hours: when
+      // the cursor has not moved for a while, add one (advance works from the
+      // cursor under the row lock, so an extra one is harmless).
+      if (Date.now() - c.updated_at.getTime() > STALLED_ADVANCE_MS) await scheduleAdvance(trx, c.id);
+      return;
+    }
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from messages
+      where campaign_id = ${c.id} and status = any(${PENDING}::text[])`.execute(trx);
+    if (rows[0]!.n > 0) {
+      await scheduleCheck(trx, c.id, 5_000);
+      return;
+    }
+    const { rows: made } = await sql<{ n: number }>`select count(*)::int as n from messages where campaign_id = ${c.id}`.execute(trx);
+    if (made[0]!.n < c.audience_size) return; // the advance has not created them all (it will check again)
+    await applyCampaignEvent(trx, c.id, 'complete', { actor: 'campaign_check', set: sql`completed_at = now()` });
+  });
+}
+
+/** The sweep's share: look at every running campaign now and then (completion, thresholds). */
+export async function sweepCampaigns(trx: Tx): Promise<void> {
+  const { rows } = await sql<{ id: string }>`select id from campaigns where status = 'running'`.execute(trx);
+  for (const r of rows) await scheduleCheck(trx, r.id, 0);
+}

@@ -1,0 +1,232 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { sql } from 'kysely';
+import { Type } from 'typebox';
+import * as campaigns from '../../campaigns/index.ts';
+import { notFound, validationError } from '../../shared/errors.ts';
+import { pageRequest, toPage } from '../../shared/pagination.ts';
+import { canSeeWorkspace, type Principal } from '../../tenancy/index.ts';
+import type { AppDeps } from '../app.ts';
+import { actorOf } from '../auth.ts';
+import { Id, PageOf, PageQuery } from '../schemas.ts';
+import { workspaceScope } from './consent.ts';
+
+const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([Type.Null(), t]);
+const Purpose = Type.Union([Type.Literal('marketing'), Type.Literal('transactional'), Type.Literal('appointment'), Type.Literal('cart_recovery')]);
+
+const Campaign = Type.Object({
+  id: Type.String(),
+  workspace_id: Type.String(),
+  name: Type.String(),
+  body: Type.String(),
+  purpose: Type.String(),
+  audience: Type.Object({ type: Type.String(), id: Type.String() }),
+  from: Type.String(),
+  scheduled_at: Nullable(Type.String()),
+  throttle_mps: Type.Union([Type.Null(), Type.Number()]),
+  auto_resume: Type.Boolean(),
+  error_threshold: Type.Union([Type.Null(), Type.Number()]),
+  status: Type.String(),
+  pause_reason: Nullable(Type.String()),
+  audience_size: Type.Union([Type.Null(), Type.Integer()]),
+  cursor: Type.Integer(),
+  created_at: Type.String(),
+  started_at: Nullable(Type.String()),
+  completed_at: Nullable(Type.String()),
+});
+
+function toApi(c: campaigns.CampaignRow) {
+  return {
+    id: c.id,
+    workspace_id: c.workspace_id,
+    name: c.name,
+    body: c.body_template,
+    purpose: c.purpose,
+    audience: { type: c.audience_type, id: c.audience_id },
+    from: c.from_number,
+    scheduled_at: c.scheduled_at?.toISOString() ?? null,
+    throttle_mps: c.throttle_mps,
+    auto_resume: c.auto_resume,
+    error_threshold: c.error_threshold,
+    status: c.status,
+    pause_reason: c.pause_reason,
+    audience_size: c.audience_size,
+    cursor: c.cursor,
+    created_at: c.created_at.toISOString(),
+    started_at: c.started_at?.toISOString() ?? null,
+    completed_at: c.completed_at?.toISOString() ?? null,
+  };
+}
+
+/** A campaign the caller may see (404 otherwise), and the scope to act in. */
+async function visible(deps: AppDeps, p: Principal, id: string) {
+  const c = await campaigns.findCampaign(deps.db, id);
+  if (c === undefined || !canSeeWorkspace(p, c.organization_id, c.workspace_id)) throw notFound('Campaign');
+  return { campaign: c, scope: { organizationId: c.organization_id, workspaceId: c.workspace_id } };
+}
+
+export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
+  const { db } = deps;
+  const Params = Type.Object({ id: Type.String({ maxLength: 64 }) });
+  return async (app) => {
+    app.post(
+      '/v1/campaigns',
+      {
+        schema: {
+          tags: ['campaigns'],
+          summary: 'Create a campaign (draft). Body placeholders: {{first_name}}, {{first_name|there}}, any contact attribute.',
+          querystring: Type.Object({ workspace_id: Type.Optional(Id('ws')) }, { additionalProperties: false }),
+          body: Type.Object(
+            {
+              name: Type.String({ minLength: 1, maxLength: 200 }),
+              body: Type.String({ minLength: 1, maxLength: 1600 }),
+              audience: Type.Object(
+                { type: Type.Union([Type.Literal('list'), Type.Literal('segment')]), id: Type.String({ maxLength: 64 }) },
+                { additionalProperties: false },
+              ),
+              purpose: Type.Optional(Purpose),
+              from: Type.Optional(Type.String({ maxLength: 32, description: 'a sender number of the workspace (default: its default sender)' })),
+              scheduled_at: Type.Optional(Type.String({ format: 'date-time' })),
+              throttle_mps: Type.Optional(Type.Union([Type.Null(), Type.Number({ exclusiveMinimum: 0, maximum: 10_000 })])),
+              auto_resume: Type.Optional(Type.Boolean({ description: 'resume by itself when credits arrive after it paused for want of them (default true)' })),
+              error_threshold: Type.Optional(
+                Type.Union([Type.Null(), Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'pause when this share of the last 500 sends failed permanently' })]),
+              ),
+            },
+            { additionalProperties: false },
+          ),
+          response: { 201: Campaign },
+        },
+      },
+      async (request, reply) => {
+        const actor = actorOf(request);
+        const scope = await workspaceScope(db, actor.principal, request.query.workspace_id);
+        const c = await campaigns.createCampaign(db, scope, request.body, actor.principal.keyId);
+        return reply.code(201).send(toApi(c));
+      },
+    );
+
+    app.get(
+      '/v1/campaigns',
+      {
+        schema: {
+          tags: ['campaigns'],
+          summary: 'List campaigns, newest first',
+          querystring: Type.Object({ ...PageQuery, workspace_id: Type.Optional(Id('ws')) }, { additionalProperties: false }),
+          response: { 200: PageOf(Campaign) },
+        },
+      },
+      async (request) => {
+        const p = actorOf(request).principal;
+        const scope = await workspaceScope(db, p, request.query.workspace_id ?? (p.scope === 'workspace' ? p.workspaceId : undefined));
+        const page = pageRequest(request.query);
+        return toPage(await campaigns.listCampaigns(db, scope, page), page, (c) => c.id, toApi);
+      },
+    );
+
+    app.get(
+      '/v1/campaigns/:id',
+      {
+        schema: {
+          tags: ['campaigns'],
+          summary: 'One campaign with its lifecycle events',
+          params: Params,
+          response: { 200: Type.Intersect([Campaign, Type.Object({ events: Type.Array(Type.Unknown()) })]) },
+        },
+      },
+      async (request) => {
+        const { campaign } = await visible(deps, actorOf(request).principal, request.params.id);
+        const events = await campaigns.campaignEvents(db, campaign.id);
+        return { ...toApi(campaign), events: events.map((e) => ({ ...e, at: e.at.toISOString() })) };
+      },
+    );
+
+    const action = (name: 'start' | 'pause' | 'resume' | 'cancel', summary: string) =>
+      app.post(
+        `/v1/campaigns/:id/${name}`,
+        { schema: { tags: ['campaigns'], summary, params: Params, response: { 200: Campaign } } },
+        async (request) => {
+          const actor = actorOf(request);
+          const { scope } = await visible(deps, actor.principal, request.params.id);
+          const fn = { start: campaigns.startCampaign, pause: campaigns.pauseCampaign, resume: campaigns.resumeCampaign, cancel: campaigns.cancelCampaign }[name];
+          return toApi(await fn(db, scope, request.params.id, actor.principal.keyId));
+        },
+      );
+    action('start', 'Start (or schedule, if scheduled_at is ahead): the audience is snapshotted into numbered recipients');
+    action('pause', 'Pause: takes effect before the next claim; nothing not yet handed to the carrier is sent');
+    action('resume', 'Resume from the message rows: nothing is created or sent twice');
+    action('cancel', 'Cancel: everything not yet sent is skipped and its credits released');
+
+    app.post(
+      '/v1/campaigns/:id/preview',
+      {
+        schema: {
+          tags: ['campaigns'],
+          summary: 'The rendered body for a sample contact (default: the first of the audience), with segments and cost',
+          params: Params,
+          body: Type.Object({ contact_id: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false }),
+        },
+      },
+      async (request) => {
+        const { campaign } = await visible(deps, actorOf(request).principal, request.params.id);
+        const { rows } = await sql<{ id: string; phone: string; variables: Record<string, unknown> }>`
+          select id, phone, attributes || jsonb_strip_nulls(jsonb_build_object('first_name', first_name, 'last_name', last_name,
+            'phone', phone, 'locale', locale)) as variables
+          from contacts where workspace_id = ${campaign.workspace_id}
+            ${request.body.contact_id ? sql`and id = ${request.body.contact_id}` : sql``}
+          order by id limit 1`.execute(db);
+        const contact = rows[0];
+        if (contact === undefined) throw validationError('contact_id', 'no such contact in this workspace');
+        return { contact_id: contact.id, ...(await campaigns.renderFor(db, campaign, contact.variables, contact.phone)) };
+      },
+    );
+
+    app.get(
+      '/v1/campaigns/:id/quote',
+      { schema: { tags: ['campaigns'], summary: 'Pre-flight estimate: recipients, segments and credits by country, and how many the balance covers', params: Params } },
+      async (request) => {
+        const { campaign } = await visible(deps, actorOf(request).principal, request.params.id);
+        return campaigns.quoteCampaign(db, campaign);
+      },
+    );
+
+    app.get(
+      '/v1/campaigns/:id/progress',
+      { schema: { tags: ['campaigns'], summary: 'Counts by status and skip reason, credits reserved and captured, sends per minute, ETA', params: Params } },
+      async (request) => {
+        const { campaign } = await visible(deps, actorOf(request).principal, request.params.id);
+        return campaigns.campaignProgress(db, campaign);
+      },
+    );
+
+    app.get(
+      '/v1/campaigns/:id/progress/stream',
+      {
+        schema: {
+          tags: ['campaigns'],
+          summary: 'The same progress as Server-Sent Events (one `progress` event a second, until the campaign ends or the client leaves)',
+          params: Params,
+        },
+      },
+      async (request, reply) => {
+        const { campaign } = await visible(deps, actorOf(request).principal, request.params.id);
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': request.id });
+        let closed = false;
+        request.raw.on('close', () => {
+          closed = true;
+        });
+        let id = campaign.id;
+        for (let n = 0; !closed; n++) {
+          const current = await campaigns.campaignInScope(db, { organizationId: campaign.organization_id }, id);
+          id = current.id;
+          const progress = await campaigns.campaignProgress(db, current);
+          res.write(`id: ${n}\nevent: progress\ndata: ${JSON.stringify(progress)}\n\n`);
+          if (current.status === 'completed' || current.status === 'cancelled') break;
+          await new Promise((r) => setTimeout(r, 1_000));
+        }
+        res.end();
+      },
+    );
+  };
+}

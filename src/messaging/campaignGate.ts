@@ -1,0 +1,59 @@
+import { sql } from 'kysely';
+import type { Tx } from '../db/db.ts';
+import { addJob } from '../jobs/enqueue.ts';
+
+/**
+ * The link between the pipeline and campaigns: a campaign message may be
+ * reserved and claimed only while its campaign is `running` (G6), and when
+ * dispatch finds a campaign's messages unaffordable (or its workspace
+ * disabled) the campaign pauses itself in the same transaction, so no later,
+ * cheaper message of it can slip past the paid-for prefix.
+ *
+ * Lock order, shared by every transaction that touches a campaign: message
+ * rows first, then the account row, then the campaign row. Claims only read
+ * the campaign (no lock); a pause first locks the campaign's queued messages,
+ * so every claim either committed before the pause or sees it.
+ */
+export const CAMPAIGN_RUNNING = sql`(m.campaign_id is null or exists (
+  select 1 from campaigns cg where cg.id = m.campaign_id and cg.status = 'running'))`;
+
+/**
+ * At claim: a campaign that paused itself for want of credits still sends
+ * what it already paid for (its reserved prefix); any other pause stops
+ * every send not yet handed to the carrier.
+ */
+export const CAMPAIGN_CLAIMABLE = sql`(m.campaign_id is null or exists (
+  select 1 from campaigns cg where cg.id = m.campaign_id
+    and (cg.status = 'running' or (cg.status = 'paused' and cg.pause_reason = 'insufficient_credits'))))`;
+
+export type PauseReason = 'manual' | 'insufficient_credits' | 'workspace_disabled' | 'subscription_inactive' | 'error_threshold';
+
+/** Pause running campaigns (no-op for the others); returns the ids paused. */
+export async function pauseCampaigns(trx: Tx, campaignIds: readonly string[], reason: PauseReason, actor: string): Promise<string[]> {
+  if (campaignIds.length === 0) return [];
+  // Every claim of these campaigns commits before us, or sees the pause.
+  await sql`select id from messages where campaign_id = any(${[...campaignIds]}::text[]) and status = 'queued' order by id for update`.execute(trx);
+  const { rows } = await sql<{ id: string }>`
+    with p as (
+      update campaigns set status = 'paused', pause_reason = ${reason}, updated_at = now()
+      where id = any(${[...campaignIds]}::text[]) and status = 'running'
+      returning id
+    ), ev as (
+      insert into campaign_events (campaign_id, event, from_status, to_status, reason, actor)
+      select id, 'pause', 'running', 'paused', ${reason}, ${actor} from p
+    )
+    select id from p`.execute(trx);
+  return rows.map((r) => r.id);
+}
+
+/** Ask the campaign's check job (completion, error threshold) to look soon: one pending job per campaign. */
+export async function scheduleCampaignCheck(trx: Tx, campaignIds: readonly string[], delayMs = 2_000): Promise<void> {
+  for (const id of new Set(campaignIds)) {
+    await addJob(
+      trx,
+      'campaign_check',
+      { campaignId: id },
+      { jobKey: `campaign_check:${id}`, jobKeyMode: 'preserve_run_at', runAt: new Date(Date.now() + delayMs), maxAttempts: 25 },
+    );
+  }
+}

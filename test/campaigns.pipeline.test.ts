@@ -1,0 +1,144 @@
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as credits from '../src/credits/index.ts';
+import { bearer } from './helpers/app.ts';
+import { campaignAction, campaignRow, createCampaign, inFlight, makeAudience, recipients, waitForCampaign } from './helpers/campaigns.ts';
+import { eventually, grantCredits, type Pipeline, startPipeline } from './helpers/pipeline.ts';
+
+/**
+ * Campaigns through the real pipeline and the carrier simulator, whose own
+ * log is the ground truth: exactly the paid-for prefix goes, the campaign
+ * pauses itself, credits resume it, and nobody gets a second copy.
+ */
+let p: Pipeline;
+
+beforeAll(async () => {
+  p = await startPipeline({ senderMps: 1000 });
+});
+afterAll(async () => {
+  await p?.close();
+});
+
+const copiesTo = (phone: string) => p.simulator.log().filter((e) => e.to === phone).length;
+
+async function progress(id: string) {
+  const res = await p.app.inject({ method: 'GET', url: `/v1/campaigns/${id}/progress`, headers: bearer(p.tenant.workspaceKey) });
+  return res.json() as { by_status: Record<string, number>; done: number; audience_size: number; credits: { reserved: number; captured: number } };
+}
+
+describe('credits run out mid-campaign', () => {
+  it('sends exactly the affordable prefix, pauses, resumes on a grant, and ends with one copy per recipient', async () => {
+    const audience = await makeAudience(p, 50, { firstPhone: 2000 });
+    await grantCredits(p, 30);
+    const { id } = await createCampaign(p, audience.listId);
+
+    const quote = await p.app.inject({ method: 'GET', url: `/v1/campaigns/${id}/quote`, headers: bearer(p.tenant.workspaceKey) });
+    expect(quote.json()).toMatchObject({ recipients: 50, total_credits: 50, covered: 30, summary: '30 of 50', by_country: [{ country: 'US', recipients: 50 }] });
+
+    expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
+    const paused = await waitForCampaign(p, id, (c) => c.status === 'paused');
+    expect(paused.pause_reason).toBe('insufficient_credits');
+    await eventually(async () => ((await inFlight(p, id)) === 0 ? true : undefined), 20_000, 'in-flight sends to settle');
+
+    // The simulator has exactly recipients 1…30, once each.
+    const recs = await recipients(p, id);
+    expect(recs).toHaveLength(50);
+    for (const r of recs) expect(copiesTo(r.phone), `seq ${r.seq}`).toBe(r.seq <= 30 ? 1 : 0);
+    const bodies = p.simulator.log().filter((e) => e.to === recs[0]!.phone).map((e) => e.body);
+    expect(bodies).toEqual([`Hi ${String(recs[0]!.variables.first_name)}, spring sale today!`]);
+
+    // Credits arrive through the operator API: the campaign resumes by itself.
+    const grant = await p.app.inject({
+      method: 'POST',
+      url: `/v1/organizations/${p.tenant.organizationId}/credits/grants`,
+      headers: bearer(p.op),
+      payload: { amount: 100, reason: 'top-up', idempotency_key: `topup-${id}` },
+    });
+    expect(grant.statusCode).toBe(201);
+    await waitForCampaign(p, id, (c) => c.status === 'completed', 60_000);
+    for (const r of recs) expect(copiesTo(r.phone), `seq ${r.seq}`).toBe(1);
+    const prog = await progress(id);
+    expect(prog.done).toBe(50);
+    expect(Object.values(prog.by_status).reduce((a, b) => a + b, 0)).toBe(50);
+    expect(prog.credits).toEqual({ reserved: 0, captured: 50 });
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  }, 120_000);
+});
+
+describe('the audience is snapshotted at start', () => {
+  it('contacts added, removed or renamed after start change nothing', async () => {
+    const audience = await makeAudience(p, 5, { firstPhone: 3000 });
+    await grantCredits(p, 100);
+    await p.stopWorker();
+    try {
+      const { id } = await createCampaign(p, audience.listId);
+      expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
+      // edit the audience after start
+      await sql`update contacts set first_name = 'Changed' where id = ${audience.contactIds[0]!}`.execute(p.tdb.db);
+      await sql`delete from contact_list_members where contact_id = ${audience.contactIds[1]!}`.execute(p.tdb.db);
+      const extra = await makeAudience(p, 1, { firstPhone: 3100 });
+      await sql`insert into contact_list_members (list_id, contact_id) values (${audience.listId}, ${extra.contactIds[0]!})`.execute(p.tdb.db);
+      await p.startWorker();
+      await waitForCampaign(p, id, (c) => c.status === 'completed', 60_000);
+      const recs = await recipients(p, id);
+      expect(recs.map((r) => r.phone).sort()).toEqual([...audience.phones].sort());
+      expect(copiesTo(extra.phones[0]!)).toBe(0);
+      expect(copiesTo(audience.phones[1]!)).toBe(1);
+      expect(p.simulator.log().filter((e) => e.to === audience.phones[0]).map((e) => e.body)).toEqual(['Hi Name0, spring sale today!']);
+    } finally {
+      if (p.worker === undefined) await p.startWorker();
+    }
+  }, 90_000);
+});
+
+describe('lifecycle', () => {
+  it('pause stops sends before the next claim; cancel skips the rest and releases their credits', async () => {
+    const audience = await makeAudience(p, 40, { firstPhone: 4000 });
+    await grantCredits(p, 100);
+    // a slow sender: most messages wait, queued, while we pause
+    await p.app.inject({ method: 'POST', url: '/v1/sender-numbers', headers: bearer(p.tenant.workspaceKey), payload: { phone_number: '+14155550188', mps: 5 } });
+    const { id } = await createCampaign(p, audience.listId, { from: '+14155550188' });
+    await campaignAction(p, id, 'start');
+    await eventually(async () => (p.simulator.log().filter((e) => e.from === '+14155550188').length >= 3 ? true : undefined), 20_000, 'first sends');
+    expect((await campaignAction(p, id, 'pause')).statusCode).toBe(200);
+    const claimsAt = async () => {
+      const { rows } = await sql<{ n: number }>`select count(*)::int as n from message_events e join messages m on m.id = e.message_id
+        where m.campaign_id = ${id} and e.event = 'claim'`.execute(p.tdb.db);
+      return rows[0]!.n;
+    };
+    const atPause = await claimsAt();
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(await claimsAt()).toBe(atPause);
+    expect((await campaignAction(p, id, 'pause')).statusCode).toBe(409);
+
+    const cancel = await campaignAction(p, id, 'cancel');
+    expect(cancel.statusCode).toBe(200);
+    expect(cancel.json.status).toBe('cancelled');
+    await eventually(async () => ((await inFlight(p, id)) === 0 ? true : undefined), 20_000, 'in-flight sends to settle');
+    const prog = await progress(id);
+    expect(prog.credits.reserved).toBe(0);
+    expect(prog.by_status.skipped).toBeGreaterThan(0);
+    const sent = p.simulator.log().filter((e) => e.from === '+14155550188').length;
+    expect(sent).toBe(atPause);
+    expect((await campaignRow(p, id)).status).toBe('cancelled');
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  }, 90_000);
+
+  it('refuses bad input with the field named, and another tenant cannot see the campaign', async () => {
+    const bad = await p.app.inject({
+      method: 'POST',
+      url: '/v1/campaigns',
+      headers: bearer(p.tenant.workspaceKey),
+      payload: { name: 'x', body: 'Hi {{first_name', audience: { type: 'list', id: 'lst_nope' } },
+    });
+    expect(bad.statusCode).toBe(422);
+    expect((bad.json() as { errors: { field: string }[] }).errors[0]!.field).toBe('body');
+    const audience = await makeAudience(p, 1, { firstPhone: 5000 });
+    const { id } = await createCampaign(p, audience.listId);
+    const other = await import('./helpers/app.ts').then((m) => m.createTenant(p.app, p.op, 'Other Co'));
+    const res = await p.app.inject({ method: 'GET', url: `/v1/campaigns/${id}`, headers: bearer(other.workspaceKey) });
+    expect(res.statusCode).toBe(404);
+    const start = await p.app.inject({ method: 'POST', url: `/v1/campaigns/${id}/start`, headers: bearer(other.workspaceKey) });
+    expect(start.statusCode).toBe(404);
+  });
+});
