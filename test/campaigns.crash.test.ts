@@ -7,8 +7,8 @@ import * as credits from '../src/credits/index.ts';
 import { reconcile } from '../src/messaging/index.ts';
 import { campaignAction, createCampaign, makeAudience, recipients, waitForCampaign } from './helpers/campaigns.ts';
 import { storedAccount } from './helpers/orgs.ts';
-import { eventually, grantCredits, nudge, type Pipeline, startPipeline } from './helpers/pipeline.ts';
-import { killAllSpawned, type Spawned, spawnCredence } from './helpers/process.ts';
+import { eventually, grantCredits, nudge, type Pipeline, spawnWorker, startPipeline } from './helpers/pipeline.ts';
+import { killAllSpawned, type Spawned } from './helpers/process.ts';
 
 /**
  * G2 and G7 for campaigns with real processes: two `credence worker`
@@ -31,23 +31,9 @@ afterAll(async () => {
   await fs.rm(home, { recursive: true, force: true });
 });
 
-function worker(): Spawned {
-  const account = p.simulator.accounts[0]!;
-  return spawnCredence(['worker'], {
-    DATABASE_URL: p.tdb.url,
-    CREDENCE_HOME: home,
-    TWILIO_ACCOUNT_SID: account.sid,
-    TWILIO_AUTH_TOKEN: account.authToken,
-    TWILIO_API_URL: p.simulator.url,
-    PUBLIC_URL: p.apiUrl,
-    SEND_LEASE_MS: '2000',
-    // a live worker's call ends (answer or timeout) within 3 s + the 2 s slot horizon:
-    // reconciliation below only takes "not at the carrier" as proof after that (lookupGraceMs)
-    CARRIER_TIMEOUT_MS: '3000',
-    WORKER_CONCURRENCY: '4',
-    LOG_LEVEL: 'warn',
-  });
-}
+// A live worker's call ends (answer or timeout) within 3 s + the 2 s slot horizon:
+// reconciliation only takes "not at the carrier" as proof after that (lookupGraceMs above).
+const worker = (): Promise<Spawned> => spawnWorker(p, home, { CARRIER_TIMEOUT_MS: '3000', WORKER_CONCURRENCY: '4', LOG_LEVEL: 'warn' });
 
 describe('a campaign under a pause/resume storm, two workers, one killed mid-batch', () => {
   it('sends every recipient exactly once and completes with counts that add up', async () => {
@@ -61,8 +47,8 @@ describe('a campaign under a pause/resume storm, two workers, one killed mid-bat
       payload: { phone_number: '+14155550166', mps: 80 },
     });
     const { id } = await createCampaign(p, audience.listId, { from: '+14155550166' });
-    let a = worker();
-    const b = worker();
+    let a = await worker();
+    const b = await worker();
     await Promise.all([a.waitFor(/Credence is running/, 60_000), b.waitFor(/Credence is running/, 60_000)]);
     expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
 
@@ -75,7 +61,7 @@ describe('a campaign under a pause/resume storm, two workers, one killed mid-bat
         // mid-batch: worker A dies holding claimed messages
         a.child.kill('SIGKILL');
         await a.exited;
-        a = worker();
+        a = await worker();
         await a.waitFor(/Credence is running/, 60_000);
       }
     }

@@ -5,8 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as credits from '../src/credits/index.ts';
 import { reconcile } from '../src/messaging/index.ts';
 import { storedAccount } from './helpers/orgs.ts';
-import { eventually, grantCredits, message, nudge, type Pipeline, sendViaApi, startPipeline, waitForStatus } from './helpers/pipeline.ts';
-import { killAllSpawned, type Spawned, spawnCredence } from './helpers/process.ts';
+import { eventually, grantCredits, message, nudge, type Pipeline, sendViaApi, spawnWorker, startPipeline, waitForStatus } from './helpers/pipeline.ts';
+import { killAllSpawned, type Spawned } from './helpers/process.ts';
 
 /**
  * G2/G3 with real processes: a separate `credence worker` process is killed
@@ -27,25 +27,12 @@ afterAll(async () => {
   await fs.rm(home, { recursive: true, force: true });
 });
 
-function startWorkerProcess(): Spawned {
-  const account = p.simulator.accounts[0]!;
-  return spawnCredence(['worker'], {
-    DATABASE_URL: p.tdb.url,
-    CREDENCE_HOME: home,
-    TWILIO_ACCOUNT_SID: account.sid,
-    TWILIO_AUTH_TOKEN: account.authToken,
-    TWILIO_API_URL: p.simulator.url,
-    PUBLIC_URL: p.apiUrl,
-    CARRIER_TIMEOUT_MS: '30000',
-    SEND_LEASE_MS: '2000',
-    LOG_LEVEL: 'info',
-  });
-}
+const startWorkerProcess = (): Promise<Spawned> => spawnWorker(p, home, { CARRIER_TIMEOUT_MS: '30000' });
 
 describe('a worker killed after the carrier accepted', () => {
   it('leaves exactly one copy at the carrier, and the message ends sent via its callback, charged once', async () => {
     await grantCredits(p, 10);
-    const worker = startWorkerProcess();
+    const worker = await startWorkerProcess();
     await worker.waitFor(/Credence is running/, 60_000);
     const id = (await sendViaApi(p, { to: '+14155552671', body: 'crash me' })).json.id as string;
     // The carrier has it; the worker is waiting for an answer that never comes.
@@ -58,7 +45,7 @@ describe('a worker killed after the carrier accepted', () => {
     expect(settled.provider_sid).toBe(p.simulator.log().find((m) => m.body === 'crash me')!.sid);
 
     // A new worker and reconciliation after the lease: nothing is sent again.
-    const second = startWorkerProcess();
+    const second = await startWorkerProcess();
     await second.waitFor(/Credence is running/, 60_000);
     await reconcile(p.sendDeps);
     await waitForStatus(p, id, ['delivered'], 20_000);
@@ -77,7 +64,7 @@ describe('a worker killed after the carrier accepted', () => {
   it('killed mid-batch: every message ends sent exactly once or is sent again only when the carrier never had it', async () => {
     p.simulator.setFaults({ hangAfterAccept: 0.5, latencyMs: { min: 0, max: 30 } });
     await grantCredits(p, 100);
-    const worker = startWorkerProcess();
+    const worker = await startWorkerProcess();
     await worker.waitFor(/Credence is running/, 60_000);
     const ids: string[] = [];
     for (let i = 0; i < 30; i++) ids.push((await sendViaApi(p, { to: '+14155552671', body: `batch ${i}` })).json.id as string);
@@ -88,7 +75,7 @@ describe('a worker killed after the carrier accepted', () => {
     // Recovery: the carrier answers normally again, a fresh worker runs, reconciliation settles the rest.
     p.simulator.setFaults({});
     let lastSeen = '';
-    const next = startWorkerProcess();
+    const next = await startWorkerProcess();
     await next.waitFor(/Credence is running/, 60_000);
     await eventually(
       async () => {

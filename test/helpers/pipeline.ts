@@ -182,3 +182,20 @@ export async function nudge(p: Pipeline): Promise<void> {
     await sweepCampaigns(trx);
   });
 }
+
+/** A real `credence worker` process against this pipeline's database and simulator. */
+export async function spawnWorker(p: Pipeline, home: string, env: Record<string, string> = {}) {
+  const { spawnCredence } = await import('./process.ts');
+  const account = p.simulator.accounts[0]!;
+  return spawnCredence(['worker'], {
+    DATABASE_URL: p.tdb.url,
+    CREDENCE_HOME: home,
+    TWILIO_ACCOUNT_SID: account.sid,
+    TWILIO_AUTH_TOKEN: account.authToken,
+    TWILIO_API_URL: p.simulator.url,
+    PUBLIC_URL: p.apiUrl,
+    SEND_LEASE_MS: '2000',
+    LOG_LEVEL: 'info',
+    ...env,
+  });
+}
