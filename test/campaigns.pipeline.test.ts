@@ -91,6 +91,27 @@ describe('the audience is snapshotted at start', () => {
   }, 90_000);
 });
 
+describe('STOP mid-campaign', () => {
+  it('a recipient who texts STOP while the campaign is sending gets nothing more; the campaign completes around them', async () => {
+    const audience = await makeAudience(p, 30, { firstPhone: 7000 });
+    await grantCredits(p, 100);
+    await p.app.inject({ method: 'POST', url: '/v1/sender-numbers', headers: bearer(p.tenant.workspaceKey), payload: { phone_number: '+14155550199', mps: 5 } });
+    const { id } = await createCampaign(p, audience.listId, { from: '+14155550199' });
+    await campaignAction(p, id, 'start');
+    await eventually(async () => (p.simulator.log().filter((e) => e.from === '+14155550199').length >= 3 ? true : undefined), 20_000, 'first sends');
+    const recs = await recipients(p, id);
+    const last = recs.at(-1)!;
+    expect(copiesTo(last.phone)).toBe(0);
+    expect(await p.simulator.sendInbound({ from: last.phone, to: '+14155550199', body: 'STOP' })).toBe(200);
+    await waitForCampaign(p, id, (c) => c.status === 'completed', 60_000);
+    expect(copiesTo(last.phone)).toBe(0);
+    const { rows } = await sql<{ status: string; status_reason: string | null }>`select status, status_reason from messages
+      where campaign_id = ${id} and to_number = ${last.phone}`.execute(p.tdb.db);
+    expect(rows).toEqual([{ status: 'skipped', status_reason: 'no_consent' }]);
+    for (const r of recs.slice(0, -1)) expect(copiesTo(r.phone), `seq ${r.seq}`).toBe(1);
+  }, 90_000);
+});
+
 describe('lifecycle', () => {
   it('pause stops sends before the next claim; cancel skips the rest and releases their credits', async () => {
     const audience = await makeAudience(p, 40, { firstPhone: 4000 });
