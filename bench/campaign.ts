@@ -43,6 +43,8 @@ try {
     LOG_LEVEL: 'warn',
     PUBLIC_URL: apiUrl,
     ...(process.env.BENCH_PROFILE_DIR && { BENCH_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}` }),
+    // BENCH_NODE_ARGS="--max-old-space-size=200": node flags for every spawned process
+    ...(process.env.BENCH_NODE_ARGS && { BENCH_NODE_ARGS: process.env.BENCH_NODE_ARGS }),
   };
   const sim = spawnCredence(['simulator'], { ...common, SIMULATOR_PORT: String(simPort), SIMULATOR_FAULTS: '{"latencyMs":{"min":0,"max":5}}' });
   await sim.waitFor(/listening on/);
