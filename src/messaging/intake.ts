@@ -7,7 +7,7 @@ import { newId } from '../shared/ids.ts';
 import * as store from './messages.store.ts';
 import { type NumberType, parsePhone } from './phone.ts';
 import { allowedCountries, checkNumber } from '../sendrules/numberSafety.ts';
-import { IANAZone } from 'luxon';
+import { validZone } from '../sendrules/timezones.ts';
 import { messageCost, type PriceList } from './pricing.ts';
 import { countSegments } from './segments.ts';
 import { wakeDispatcher } from './dispatcher.ts';
@@ -142,7 +142,7 @@ export async function createApiMessage(
   if (!safety.ok) {
     throw new DomainError('number_refused', safety.detail, { fields: [{ field: 'to', reason: safety.reason }], extra: { reason: safety.reason } });
   }
-  if (input.timezone !== undefined && !IANAZone.isValidZone(input.timezone)) {
+  if (input.timezone !== undefined && !validZone(input.timezone)) {
     throw validationError('timezone', `${input.timezone} is not an IANA time zone`);
   }
   const from = await cached(`sender:${scope.workspaceId}:${input.from ?? ''}`, () => resolveSender(db, scope.workspaceId, input.from));

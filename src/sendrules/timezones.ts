@@ -112,13 +112,29 @@ function mainZoneOf(country: string): string | undefined {
 }
 
 /**
+ * Is this stored zone name valid? IANAZone.isValidZone builds an Intl
+ * formatter on every call (it was a tenth of a worker's CPU at dispatch and
+ * claim), and Luxon's own create() cache never shrinks: a small bounded
+ * cache of our own, since a contact's zone is stored input.
+ */
+const zoneValidity = new Map<string, boolean>();
+export function validZone(name: string): boolean {
+  let valid = zoneValidity.get(name);
+  if (valid === undefined) {
+    valid = IANAZone.isValidZone(name);
+    if (zoneValidity.size >= 2_000) zoneValidity.clear();
+    zoneValidity.set(name, valid);
+  }
+  return valid;
+}
+
+/**
  * Every zone the recipient may be in, the most likely first (the caller falls
  * back to the first one when the zones share no sending window).
  */
 export function recipientZones(input: { contactZone: string | null; e164: string; country: string }): string[] {
   const { contactZone, e164, country } = input;
-  // isValidZone, not the cached create(): a contact's zone is stored input, and Luxon's cache never shrinks.
-  if (contactZone !== null && IANAZone.isValidZone(contactZone)) return [contactZone];
+  if (contactZone !== null && validZone(contactZone)) return [contactZone];
   const zones = zonesForNumber(e164);
   if (zones.length > 0) {
     const primary = primaryZone(zones, country);
