@@ -26,6 +26,14 @@ export interface Config {
   carrierTimeoutMs: number;
   /** How long a claimed message may stay `sending` before reconciliation looks at it. */
   sendLeaseMs: number;
+  /** Real Stripe account; when absent, Credence bills through its payments simulator. */
+  stripe: { secretKey: string; webhookSecret: string; apiUrl: string | undefined } | undefined;
+  /** Port of the built-in payments simulator. */
+  paymentsSimulatorPort: number;
+  /** How long a past_due subscription may still send. */
+  pastDueGraceMs: number;
+  /** BILLING_CATALOG: packs and plans (JSON), or the defaults. */
+  catalogJson: string | undefined;
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -123,7 +131,30 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     simulatorPort: read('SIMULATOR_PORT', integer(0, 65535), 3001),
     carrierTimeoutMs: read('CARRIER_TIMEOUT_MS', integer(100, 120_000), 10_000),
     sendLeaseMs: read('SEND_LEASE_MS', integer(1_000, 3_600_000), 120_000),
+    stripe: undefined,
+    paymentsSimulatorPort: read('PAYMENTS_SIMULATOR_PORT', integer(0, 65535), 3002),
+    pastDueGraceMs: read('BILLING_PAST_DUE_GRACE_HOURS', integer(0, 24 * 90), 72) * 3_600_000,
+    catalogJson: read('BILLING_CATALOG', nonEmpty, undefined),
   };
+
+  const stripeKey = read('STRIPE_SECRET_KEY', nonEmpty, undefined);
+  const stripeWebhook = read('STRIPE_WEBHOOK_SECRET', nonEmpty, undefined);
+  const stripeUrl = read('STRIPE_API_URL', url(['http:', 'https:']), undefined);
+  if ((stripeKey === undefined) !== (stripeWebhook === undefined)) {
+    problems.push({
+      variable: stripeKey === undefined ? 'STRIPE_SECRET_KEY' : 'STRIPE_WEBHOOK_SECRET',
+      problem: 'STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET go together: set both or neither',
+    });
+  }
+  config.stripe = stripeKey !== undefined && stripeWebhook !== undefined ? { secretKey: stripeKey, webhookSecret: stripeWebhook, apiUrl: stripeUrl } : undefined;
+  if (config.catalogJson !== undefined) {
+    try {
+      const c = JSON.parse(config.catalogJson) as { packs?: unknown; plans?: unknown };
+      if (!Array.isArray(c.packs) || !Array.isArray(c.plans)) throw new Error('needs "packs" and "plans" arrays');
+    } catch (err) {
+      problems.push({ variable: 'BILLING_CATALOG', problem: `must be JSON {"packs": [...], "plans": [...]}: ${(err as Error).message}` });
+    }
+  }
 
   const sid = read('TWILIO_ACCOUNT_SID', nonEmpty, undefined);
   const token = read('TWILIO_AUTH_TOKEN', nonEmpty, undefined);
@@ -180,4 +211,9 @@ export const CONFIG_DOC: readonly { variable: string; default: string; meaning: 
   { variable: 'SIMULATOR_PORT', default: '3001', meaning: 'port of the built-in carrier simulator (loopback)' },
   { variable: 'CARRIER_TIMEOUT_MS', default: '10000', meaning: 'carrier request timeout; no answer by then = outcome unknown' },
   { variable: 'SEND_LEASE_MS', default: '120000', meaning: 'how long a claimed message may stay sending before reconciliation asks the carrier' },
+  { variable: 'STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET', default: '(simulator)', meaning: 'bill through this Stripe account; unset = the built-in payments simulator' },
+  { variable: 'STRIPE_API_URL', default: 'https://api.stripe.com', meaning: 'Stripe API base URL (point it at a simulator)' },
+  { variable: 'PAYMENTS_SIMULATOR_PORT', default: '3002', meaning: 'port of the built-in payments simulator (loopback)' },
+  { variable: 'BILLING_PAST_DUE_GRACE_HOURS', default: '72', meaning: 'how long a past_due subscription may still send' },
+  { variable: 'BILLING_CATALOG', default: '(Starter/Standard/Large, Free/Pro/Ultra)', meaning: 'packs and plans as JSON {"packs":[…],"plans":[…]}' },
 ];

@@ -11,6 +11,8 @@ import {
   startCarrierSimulator,
 } from './carriers/index.ts';
 import { type BreakerState, type Dispatcher, startDispatcher } from './messaging/index.ts';
+import { type BillingDeps, type Catalog, createStripePayments, DEFAULT_CATALOG } from './payments/index.ts';
+import { type PaymentsSimulator, startPaymentsSimulator } from './payments/simulator/index.ts';
 import { type Config, ConfigError } from './config.ts';
 import { createDb, createPool, type Db } from './db/db.ts';
 import { type EmbeddedPostgres, startEmbeddedPostgres } from './db/embedded.ts';
@@ -143,11 +145,55 @@ export async function openCarrier(config: Config, log: Logger, runSimulator: boo
   return { carrier, simulator };
 }
 
+/** Secrets of the local payments simulator, kept with the embedded data so every process agrees. */
+async function paymentsSimulatorSecrets(home: string): Promise<{ secretKey: string; webhookSecret: string }> {
+  const file = path.join(home, 'payments-simulator.json');
+  try {
+    return JSON.parse(await fs.readFile(file, 'utf8')) as { secretKey: string; webhookSecret: string };
+  } catch {
+    const secrets = { secretKey: `sk_test_${randomBytes(18).toString('hex')}`, webhookSecret: `whsec_${randomBytes(18).toString('hex')}` };
+    await fs.mkdir(home, { recursive: true });
+    await fs.writeFile(file, JSON.stringify(secrets), { mode: 0o600 });
+    return secrets;
+  }
+}
+
+/**
+ * Payments: Stripe through the official SDK when STRIPE_SECRET_KEY is set;
+ * otherwise the built-in Stripe-compatible simulator (run in this process
+ * for `credence start`), reached through the same adapter.
+ */
+export async function openPayments(
+  config: Config,
+  log: Logger,
+  runSimulator: boolean,
+): Promise<{ billing: BillingDeps; simulator: PaymentsSimulator | undefined }> {
+  const catalog: Catalog = config.catalogJson ? (JSON.parse(config.catalogJson) as Catalog) : DEFAULT_CATALOG;
+  const common = { db: undefined as never, catalog, publicUrl: config.publicUrl, pastDueGraceMs: config.pastDueGraceMs, log };
+  if (config.stripe !== undefined) {
+    const payments = createStripePayments({ secretKey: config.stripe.secretKey, webhookSecret: config.stripe.webhookSecret, apiUrl: config.stripe.apiUrl });
+    return { billing: { ...common, payments }, simulator: undefined };
+  }
+  const secrets = await paymentsSimulatorSecrets(config.home);
+  const simulator = runSimulator
+    ? await startPaymentsSimulator({ port: config.paymentsSimulatorPort, ...secrets, webhookUrl: `${config.publicUrl}/webhooks/stripe` })
+    : undefined;
+  const payments = createStripePayments({ ...secrets, apiUrl: simulator?.url ?? `http://127.0.0.1:${config.paymentsSimulatorPort}` });
+  return { billing: { ...common, payments }, simulator };
+}
+
+/** `credence payments-simulator`: the payments simulator on its own, with the shared secrets. */
+export async function startPaymentsSimulatorProcess(config: Config): Promise<PaymentsSimulator> {
+  const secrets = await paymentsSimulatorSecrets(config.home);
+  return startPaymentsSimulator({ port: config.paymentsSimulatorPort, ...secrets, webhookUrl: `${config.publicUrl}/webhooks/stripe` });
+}
+
 export interface RunningCredence {
   url: string | undefined;
   operatorKey: CreatedKey | undefined;
   database: Database;
   simulator: CarrierSimulator | undefined;
+  paymentsSimulator: PaymentsSimulator | undefined;
   /** Resolves if a part fails on its own (the worker runner dies). */
   failed: Promise<Error>;
   stop(): Promise<void>;
@@ -163,6 +209,7 @@ export async function startCredence(
   let worker: WorkerHandle | undefined;
   let app: Awaited<ReturnType<typeof buildApp>> | undefined;
   let simulator: CarrierSimulator | undefined;
+  let paymentsSimulator: PaymentsSimulator | undefined;
   let dispatcher: Dispatcher | undefined;
   try {
     const carrierSetup = await openCarrier(config, log, roles.simulator ?? false);
@@ -175,7 +222,10 @@ export async function startCredence(
     let operatorKey: CreatedKey | undefined;
     if (roles.api) {
       operatorKey = await bootstrapOperatorKey(db);
-      app = await buildApp({ config, db, pool, log, carrier });
+      // all-in-one start without a Stripe key runs the payments simulator too
+      const paymentsSetup = await openPayments(config, log, roles.worker && config.stripe === undefined);
+      paymentsSimulator = paymentsSetup.simulator;
+      app = await buildApp({ config, db, pool, log, carrier, billing: { ...paymentsSetup.billing, db } });
       await app.listen({ host: config.host, port: config.port });
       const address = app.server.address();
       const port = typeof address === 'object' && address !== null ? address.port : config.port;
@@ -225,16 +275,18 @@ export async function startCredence(
         if (dispatcher) await step('stopping the dispatcher', () => dispatcher!.stop());
         if (worker) await step('stopping the worker', () => worker!.stop());
         if (simulator) await step('stopping the carrier simulator', () => simulator!.stop());
+        if (paymentsSimulator) await step('stopping the payments simulator', () => paymentsSimulator!.stop());
         await database.close();
       })();
       return stopping;
     };
-    return { url, operatorKey, database, simulator, failed, stop };
+    return { url, operatorKey, database, simulator, paymentsSimulator, failed, stop };
   } catch (err) {
     await app?.close().catch(() => {});
     await dispatcher?.stop().catch(() => {});
     await worker?.stop().catch(() => {});
     await simulator?.stop().catch(() => {});
+    await paymentsSimulator?.stop().catch(() => {});
     await database.close();
     throw err;
   }

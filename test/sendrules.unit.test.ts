@@ -17,6 +17,7 @@ const row = (over: Partial<RuleRow> = {}): RuleRow => ({
   send_windows: {},
   consent_ok: true,
   campaign_running: true,
+  subscription_ok: true,
   ...over,
 });
 // 2026-11-24 (a Tuesday) 12:00 in Los Angeles

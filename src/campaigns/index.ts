@@ -11,6 +11,7 @@ export {
   pauseCampaign,
   resumeCampaign,
   resumeCampaignsForCredits,
+  resumeCampaignsForSubscription,
   startCampaign,
   startScheduled,
   sweepCampaigns,

@@ -132,10 +132,19 @@ async function resumeInTx(trx: Tx, id: string, actor: string, reason?: string): 
  * caller wakes dispatch for the blocked messages in the same transaction.
  */
 export async function resumeCampaignsForCredits(trx: Tx, organizationId: string, actor: string): Promise<string[]> {
-  const { rows } = await sql<{ id: string }>`select id from campaigns where organization_id = ${organizationId}
-    and status = 'paused' and pause_reason = 'insufficient_credits' and auto_resume order by id`.execute(trx);
+  return resumePausedFor(trx, organizationId, 'insufficient_credits', actor, 'credits_added', true);
+}
+
+/** The subscription is good again: campaigns it paused reopen (whatever their auto_resume). */
+export async function resumeCampaignsForSubscription(trx: Tx, organizationId: string, actor: string): Promise<string[]> {
+  return resumePausedFor(trx, organizationId, 'subscription_inactive', actor, 'subscription_active', false);
+}
+
+async function resumePausedFor(trx: Tx, org: string, pauseReason: string, actor: string, why: string, autoResumeOnly: boolean): Promise<string[]> {
+  const { rows } = await sql<{ id: string }>`select id from campaigns where organization_id = ${org}
+    and status = 'paused' and pause_reason = ${pauseReason} ${autoResumeOnly ? sql`and auto_resume` : sql``} order by id`.execute(trx);
   const out: string[] = [];
-  for (const r of rows) if (await resumeInTx(trx, r.id, actor, 'credits_added')) out.push(r.id);
+  for (const r of rows) if (await resumeInTx(trx, r.id, actor, why)) out.push(r.id);
   return out;
 }
 

@@ -19,6 +19,10 @@ const COMMANDS: Record<string, { summary: string; usage: string }> = {
       'Run the Twilio-compatible carrier simulator alone (credentials in $CREDENCE_HOME/simulator.json; faults from SIMULATOR_FAULTS as JSON)',
     usage: 'credence simulator',
   },
+  'payments-simulator': {
+    summary: 'Run the Stripe-compatible payments simulator alone (secrets in $CREDENCE_HOME/payments-simulator.json; events to PUBLIC_URL/webhooks/stripe)',
+    usage: 'credence payments-simulator',
+  },
   ledger: {
     summary: 'Ledger tools: `credence ledger verify` recomputes every account from its entries; non-zero exit on any mismatch',
     usage: 'credence ledger verify',
@@ -56,7 +60,7 @@ ${configHelp()}
 `;
 }
 
-function banner(url: string | undefined, roles: Roles, operatorKey: string | undefined, simulatorUrl: string | undefined): string {
+function banner(url: string | undefined, roles: Roles, operatorKey: string | undefined, simulatorUrl: string | undefined, paymentsUrl?: string): string {
   const lines = ['', 'Credence is running.'];
   if (url !== undefined) {
     lines.push(
@@ -67,6 +71,7 @@ function banner(url: string | undefined, roles: Roles, operatorKey: string | und
   }
   if (roles.worker) lines.push('  Worker:   running');
   if (simulatorUrl !== undefined) lines.push(`  Carrier:  built-in simulator at ${simulatorUrl} (no Twilio credentials set; log at ${simulatorUrl}/_sim/log)`);
+  if (paymentsUrl !== undefined) lines.push(`  Payments: built-in Stripe simulator at ${paymentsUrl} (no Stripe key set; checkout pages at ${paymentsUrl}/pay/…)`);
   if (operatorKey !== undefined) {
     lines.push(
       '',
@@ -84,7 +89,7 @@ function banner(url: string | undefined, roles: Roles, operatorKey: string | und
 async function serve(config: Config, log: Logger, roles: Roles): Promise<number> {
   const { startCredence } = await import('../main.ts');
   const running = await startCredence(config, log, roles);
-  process.stdout.write(banner(running.url, roles, running.operatorKey?.key, running.simulator?.url));
+  process.stdout.write(banner(running.url, roles, running.operatorKey?.key, running.simulator?.url, running.paymentsSimulator?.url));
   return new Promise<number>((resolve) => {
     let shuttingDown = false;
     const shutdown = (reason: string, code: number) => {
@@ -187,6 +192,16 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(
         `Carrier simulator listening on ${sim.url}\n  account: ${sim.accounts[0]?.sid}\n  log:     ${sim.url}/_sim/log\n  faults:  ${sim.url}/_sim/faults\nPress Ctrl-C to stop.\n`,
       );
+      return new Promise<number>((resolve) => {
+        const stop = () => void sim.stop().then(() => resolve(0));
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+    }
+    case 'payments-simulator': {
+      const { startPaymentsSimulatorProcess } = await import('../main.ts');
+      const sim = await startPaymentsSimulatorProcess(config);
+      process.stdout.write(`Payments simulator listening on ${sim.url}\n  events: ${sim.url}/_sim/events\nPress Ctrl-C to stop.\n`);
       return new Promise<number>((resolve) => {
         const stop = () => void sim.stop().then(() => resolve(0));
         process.once('SIGINT', stop);

@@ -16,6 +16,8 @@ import { healthRoutes } from './routes/health.ts';
 import { messageRoutes } from './routes/messages.ts';
 import { metricsRoutes } from './routes/metrics.ts';
 import { senderRoutes } from './routes/senders.ts';
+import type { BillingDeps } from '../payments/index.ts';
+import { billingRoutes } from './routes/billing.ts';
 import { campaignRoutes } from './routes/campaigns.ts';
 import { consentRoutes } from './routes/consent.ts';
 import { contactRoutes } from './routes/contacts.ts';
@@ -32,6 +34,8 @@ export interface AppDeps {
   log: Logger;
   /** Only webhook verification is needed here; sending happens in the worker. */
   carrier: Pick<Carrier, 'validateWebhook'>;
+  /** Payments (Stripe or its simulator); absent = billing routes answer 503. */
+  billing?: BillingDeps;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
@@ -105,6 +109,7 @@ export async function buildApp(deps: AppDeps) {
   await app.register(campaignRoutes(deps));
   await app.register(consentRoutes(deps));
   await app.register(privacyRoutes(deps));
+  await app.register(billingRoutes(deps));
   await app.register(webhookRoutes(deps));
   return app;
 }

@@ -16,7 +16,8 @@ type Candidate = store.MessageRow & RuleColumns;
 export function ruleColumns(stage: 'dispatch' | 'claim') {
   return sql`w.sms_enabled, w.home_country, w.allowed_countries, w.send_windows,
   credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer) as consent_ok,
-  ${stage === 'dispatch' ? CAMPAIGN_RUNNING : CAMPAIGN_CLAIMABLE} as campaign_running`;
+  ${stage === 'dispatch' ? CAMPAIGN_RUNNING : CAMPAIGN_CLAIMABLE} as campaign_running,
+  credence_subscription_ok(m.organization_id) as subscription_ok`;
 }
 
 /**
@@ -149,11 +150,17 @@ export async function dispatchOrganization(
       // A campaign that cannot pay for its next message, or whose workspace
       // is disabled, pauses itself (last: the campaign row after the account row).
       const byId = new Map(rows.map((r) => [r.id, r]));
-      for (const reason of ['insufficient_credits', 'debt_outstanding', 'workspace_disabled'] as const) {
+      const pauseFor = {
+        insufficient_credits: 'insufficient_credits',
+        debt_outstanding: 'insufficient_credits',
+        workspace_disabled: 'workspace_disabled',
+        subscription_inactive: 'subscription_inactive',
+      } as const;
+      for (const [reason, pause] of Object.entries(pauseFor)) {
         const campaigns = new Set(
           toBlock.filter((b) => b.patch.reason === reason).flatMap((b) => byId.get(b.id)?.campaign_id ?? []),
         );
-        await pauseCampaigns(trx, [...campaigns], reason === 'workspace_disabled' ? 'workspace_disabled' : 'insufficient_credits', 'dispatch');
+        await pauseCampaigns(trx, [...campaigns], pause, 'dispatch');
       }
       return { rows };
     });

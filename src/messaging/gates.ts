@@ -10,6 +10,8 @@ export interface GateContext {
   debt: number;
   /** The message's campaign is running (true for messages outside campaigns). */
   campaignRunning?: boolean;
+  /** The organization's subscription allows sending (true without a subscription). */
+  subscriptionOk?: boolean;
 }
 
 export type GateDecision = { pass: true } | { pass: false; action: 'block'; reason: string };
@@ -17,6 +19,7 @@ export type GateDecision = { pass: true } | { pass: false; action: 'block'; reas
 export function checkGates(ctx: GateContext): GateDecision {
   if (ctx.organizationFrozen) return { pass: false, action: 'block', reason: 'organization_frozen' };
   if (!ctx.workspaceSmsEnabled) return { pass: false, action: 'block', reason: 'workspace_disabled' };
+  if (ctx.subscriptionOk === false) return { pass: false, action: 'block', reason: 'subscription_inactive' };
   if (ctx.debt > 0) return { pass: false, action: 'block', reason: 'debt_outstanding' };
   if (ctx.campaignRunning === false) return { pass: false, action: 'block', reason: 'campaign_paused' };
   return { pass: true };

@@ -25,6 +25,7 @@ export interface RuleColumns {
   /** credence_consent_allows(…) evaluated in the same statement that locked the row */
   consent_ok: boolean;
   campaign_running: boolean;
+  subscription_ok: boolean;
 }
 
 export type RuleRow = Pick<MessageRow, 'purpose' | 'producer' | 'country' | 'to_number' | 'recipient_timezone'> & RuleColumns;
@@ -43,7 +44,7 @@ export function policyFor(row: RuleRow): SendPolicy {
 }
 
 export function decide(row: RuleRow, gates: GateContext, now: Date): SendDecision {
-  const gate = checkGates({ ...gates, campaignRunning: row.campaign_running });
+  const gate = checkGates({ ...gates, campaignRunning: row.campaign_running, subscriptionOk: row.subscription_ok });
   if (!gate.pass) return { action: 'block', reason: gate.reason };
   if (!countryAllowed(row.country, allowedCountries(row))) return { action: 'skip', reason: 'country_not_allowed' };
   if (!row.consent_ok) return { action: 'skip', reason: 'no_consent' };

@@ -149,6 +149,7 @@ async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]>
             and not exists (select 1 from credit_accounts a where a.organization_id = m.organization_id and a.debt > 0)
             and credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer)
             and ${CAMPAIGN_CLAIMABLE}
+            and credence_subscription_ok(m.organization_id)
           returning m.*
         ), ev as (
           insert into message_events (message_id, organization_id, event, from_status, to_status, details)

@@ -1,5 +1,6 @@
 import type { Carrier } from '../../src/carriers/index.ts';
 import { buildApp } from '../../src/http/app.ts';
+import type { BillingDeps } from '../../src/payments/index.ts';
 import { createLogger } from '../../src/shared/logger.ts';
 import { bootstrapOperatorKey } from '../../src/tenancy/index.ts';
 import type { TestDatabase } from './db.ts';
@@ -13,7 +14,7 @@ const noCarrier = { validateWebhook: () => false };
 
 export async function buildTestApp(
   tdb: TestDatabase,
-  options: { carrier?: Pick<Carrier, 'validateWebhook'>; publicUrl?: string } = {},
+  options: { carrier?: Pick<Carrier, 'validateWebhook'>; publicUrl?: string; billing?: BillingDeps } = {},
 ): Promise<TestApp> {
   return buildApp({
     config: { publicUrl: options.publicUrl ?? 'http://localhost:3000' },
@@ -21,6 +22,7 @@ export async function buildTestApp(
     pool: tdb.pool,
     log: silentLog,
     carrier: options.carrier ?? noCarrier,
+    ...(options.billing && { billing: options.billing }),
   });
 }
 

@@ -1,6 +1,8 @@
 import { sql } from 'kysely';
 import { type Carrier, type CarrierSimulator, createTwilioCarrier, type FaultProfile, startCarrierSimulator } from '../../src/carriers/index.ts';
 import * as credits from '../../src/credits/index.ts';
+import { createStripePayments, DEFAULT_CATALOG } from '../../src/payments/index.ts';
+import { type PaymentsSimulator, startPaymentsSimulator } from '../../src/payments/simulator/index.ts';
 import { closeApp } from '../../src/http/app.ts';
 import { buildTaskList, startWorker, type WorkerHandle } from '../../src/jobs/index.ts';
 import { type Dispatcher, type MessageRow, type SendDeps, startDispatcher } from '../../src/messaging/index.ts';
@@ -23,6 +25,8 @@ export interface Pipeline {
   worker: WorkerHandle | undefined;
   op: string;
   tenant: Tenant;
+  /** The Stripe-compatible simulator, with `payments: true`. */
+  payments: PaymentsSimulator | undefined;
   startWorker(): Promise<void>;
   stopWorker(): Promise<void>;
   close(): Promise<void>;
@@ -36,6 +40,7 @@ export async function startPipeline(
     timeoutMs?: number;
     senderMps?: number;
     callbackDelayMs?: { sent: [number, number]; final: [number, number] };
+    payments?: boolean;
   } = {},
 ): Promise<Pipeline> {
   const tdb = await createTestDatabase({ poolSize: 20 });
@@ -57,7 +62,20 @@ export async function startPipeline(
     timeoutMs: options.timeoutMs ?? 2_000,
     publicUrl: apiUrl,
   });
-  const app = await buildTestApp(tdb, { carrier, publicUrl: apiUrl });
+  const payments = options.payments
+    ? await startPaymentsSimulator({ webhookUrl: `${apiUrl}/webhooks/stripe`, seed: options.seed ?? 1 })
+    : undefined;
+  const billing = payments
+    ? {
+        db: tdb.db,
+        payments: createStripePayments({ secretKey: payments.secretKey, webhookSecret: payments.webhookSecret, apiUrl: payments.url }),
+        catalog: DEFAULT_CATALOG,
+        publicUrl: apiUrl,
+        pastDueGraceMs: 3 * 86_400_000,
+        log: silentLog,
+      }
+    : undefined;
+  const app = await buildTestApp(tdb, { carrier, publicUrl: apiUrl, ...(billing && { billing }) });
   await app.listen({ host: '127.0.0.1', port });
   const op = await operatorKey(tdb);
   const tenant = await createTenant(app, op, 'Pipeline Co');
@@ -90,6 +108,7 @@ export async function startPipeline(
     worker: undefined,
     op,
     tenant,
+    payments,
     startWorker: async () => {
       dispatcher = await startDispatcher({ pool: tdb.pool, db: tdb.db, log: silentLog });
       pipeline.worker = await startWorker({
@@ -110,6 +129,7 @@ export async function startPipeline(
       await pipeline.stopWorker();
       await closeApp(app);
       await simulator.stop();
+      await payments?.stop();
       await tdb.close();
     },
   };

@@ -1,0 +1,146 @@
+import { sql } from 'kysely';
+import * as campaigns from '../campaigns/index.ts';
+import * as credits from '../credits/index.ts';
+import type { Db, Tx } from '../db/db.ts';
+import * as messaging from '../messaging/index.ts';
+import { validationError } from '../shared/errors.ts';
+import type { Logger } from '../shared/logger.ts';
+import { type Catalog, clawbackCredits } from './catalog.ts';
+import type { PaymentEvent, Payments } from './payments.ts';
+
+/** What billing needs from the process (wired once in main.ts). */
+export interface BillingDeps {
+  db: Db;
+  payments: Payments;
+  catalog: Catalog;
+  publicUrl: string;
+  /** how long a past_due subscription may still send */
+  pastDueGraceMs: number;
+  log: Logger;
+}
+
+const system = { type: 'system' as const, id: 'billing' };
+
+export async function startCheckout(
+  deps: BillingDeps,
+  organizationId: string,
+  input: { kind: 'pack' | 'plan'; item: string; success_url?: string; cancel_url?: string },
+): Promise<{ session_id: string; url: string }> {
+  const pack = input.kind === 'pack' ? deps.catalog.packs.find((p) => p.id === input.item) : undefined;
+  const plan = input.kind === 'plan' ? deps.catalog.plans.find((p) => p.id === input.item) : undefined;
+  const choice = pack ?? plan;
+  if (choice === undefined) {
+    const ids = (input.kind === 'pack' ? deps.catalog.packs : deps.catalog.plans).map((x) => x.id);
+    throw validationError('item', `must be one of ${ids.join(', ')}`);
+  }
+  if (plan !== undefined && plan.amount === 0) throw validationError('item', 'the free plan needs no checkout');
+  const { rows: customer } = await sql<{ stripe_customer_id: string }>`
+    select stripe_customer_id from billing_customers where organization_id = ${organizationId}`.execute(deps.db);
+  const session = await deps.payments.createCheckout({
+    organizationId,
+    kind: input.kind,
+    item: choice.id,
+    name: choice.name,
+    amount: choice.amount,
+    currency: choice.currency,
+    credits: pack?.credits ?? plan?.monthlyCredits ?? 0,
+    successUrl: input.success_url ?? `${deps.publicUrl}/billing/return?session_id={CHECKOUT_SESSION_ID}`,
+    cancelUrl: input.cancel_url ?? `${deps.publicUrl}/billing/return?cancelled=1`,
+    ...(customer[0] && { customerId: customer[0].stripe_customer_id }),
+  });
+  await sql`insert into checkout_sessions (id, organization_id, kind, item, credits, amount, currency, status)
+    values (${session.id}, ${organizationId}, ${input.kind}, ${choice.id}, ${pack?.credits ?? plan?.monthlyCredits ?? 0},
+      ${choice.amount}, ${choice.currency}, 'open')`.execute(deps.db);
+  return { session_id: session.id, url: session.url };
+}
+
+export type FulfillResult = 'fulfilled' | 'already_fulfilled' | 'not_paid' | 'unknown_session';
+
+/**
+ * Grant what a paid Checkout Session bought, exactly once: from the webhook
+ * or the return URL, whichever comes first, however often. Stripe's own view
+ * of the session decides whether it is paid (never the caller's payload).
+ */
+export async function fulfillSession(deps: BillingDeps, sessionId: string): Promise<FulfillResult> {
+  const { rows: known } = await sql<{ status: string; organization_id: string }>`
+    select status, organization_id from checkout_sessions where id = ${sessionId}`.execute(deps.db);
+  if (known[0] === undefined) return 'unknown_session';
+  if (known[0].status === 'fulfilled') return 'already_fulfilled';
+  const session = await deps.payments.getSession(sessionId);
+  if (session.paymentStatus !== 'paid') return 'not_paid';
+  if (session.metadata.organization_id !== known[0].organization_id) {
+    deps.log.error({ session_id: sessionId }, 'checkout session metadata does not match its organization');
+    return 'unknown_session';
+  }
+  const sub = session.subscription !== null ? await deps.payments.getSubscription(session.subscription) : undefined;
+  return deps.db.transaction().execute(async (trx) => {
+    const { rows } = await sql<{ status: string; organization_id: string; kind: 'pack' | 'plan'; item: string; credits: number; amount: number; currency: string }>`
+      select * from checkout_sessions where id = ${sessionId} for update`.execute(trx);
+    const row = rows[0]!;
+    if (row.status === 'fulfilled') return 'already_fulfilled';
+    const org = row.organization_id;
+    if (session.customer !== null) {
+      await sql`insert into billing_customers (organization_id, stripe_customer_id) values (${org}, ${session.customer})
+        on conflict (organization_id) do nothing`.execute(trx);
+    }
+    if (row.kind === 'pack' && session.paymentIntent !== null) {
+      await sql`insert into payments (payment_intent, organization_id, session_id, amount, currency, credits)
+        values (${session.paymentIntent}, ${org}, ${sessionId}, ${session.amountTotal ?? row.amount}, ${row.currency}, ${row.credits})
+        on conflict do nothing`.execute(trx);
+      await credits.purchase(trx, { organizationId: org, amount: row.credits, idempotencyKey: `checkout:${sessionId}`, actor: system, paymentRef: sessionId, reason: `pack ${row.item}` });
+      await creditsArrived(trx, org);
+    }
+    if (sub !== undefined) await applySubscription(deps, trx, org, row.item, sub);
+    await sql`update checkout_sessions set status = 'fulfilled', fulfilled_at = now(), payment_intent = ${session.paymentIntent},
+      stripe_subscription_id = ${session.subscription} where id = ${sessionId}`.execute(trx);
+    return 'fulfilled';
+  });
+}
+
+/** Credits arrived: campaigns paused for them resume, blocked messages are dispatched again. */
+async function creditsArrived(trx: Tx, organizationId: string): Promise<void> {
+  await campaigns.resumeCampaignsForCredits(trx, organizationId, 'billing');
+  await messaging.scheduleDispatch(trx, organizationId, { includeBlocked: true });
+}
+
+const SENDABLE = new Set(['active', 'trialing']);
+
+/** Write Stripe's current view of a subscription; reopen sending when it became good again. */
+async function applySubscription(
+  deps: BillingDeps,
+  trx: Tx,
+  organizationId: string,
+  plan: string,
+  sub: { id: string; status: string; periodStart: Date | null; periodEnd: Date | null },
+): Promise<void> {
+  const { rows: before } = await sql<{ ok: boolean }>`select credence_subscription_ok(${organizationId}) as ok`.execute(trx);
+  await sql`insert into subscriptions (organization_id, stripe_subscription_id, plan, status, current_period_start, current_period_end, grace_until)
+    values (${organizationId}, ${sub.id}, ${plan}, ${sub.status}, ${sub.periodStart}, ${sub.periodEnd},
+      ${sub.status === 'past_due' ? new Date(Date.now() + deps.pastDueGraceMs) : null})
+    on conflict (organization_id) do update set stripe_subscription_id = excluded.stripe_subscription_id, plan = excluded.plan,
+      status = excluded.status, current_period_start = excluded.current_period_start, current_period_end = excluded.current_period_end,
+      -- the grace period starts when it first became past_due
+      grace_until = case when excluded.status <> 'past_due' then null
+                         when subscriptions.status = 'past_due' then subscriptions.grace_until else excluded.grace_until end,
+      updated_at = now()`.execute(trx);
+  const { rows: after } = await sql<{ ok: boolean }>`select credence_subscription_ok(${organizationId}) as ok`.execute(trx);
+  if (!before[0]!.ok && after[0]!.ok) {
+    await campaigns.resumeCampaignsForSubscription(trx, organizationId, 'billing');
+    await messaging.scheduleDispatch(trx, organizationId, { includeBlocked: true });
+  }
+  if (SENDABLE.has(sub.status) === false) deps.log.info({ organization_id: organizationId, status: sub.status }, 'subscription cannot send');
+}
+
+export { applySubscription, creditsArrived };
+
+/** Stripe's view of a subscription, for an event about it (arrival order does not matter). */
+export async function syncSubscription(deps: BillingDeps, subscriptionId: string): Promise<void> {
+  const sub = await deps.payments.getSubscription(subscriptionId);
+  const org = sub.metadata.organization_id;
+  if (org === undefined) return;
+  await deps.db.transaction().execute(async (trx) => {
+    await applySubscription(deps, trx, org, sub.metadata.item ?? 'pro', sub);
+  });
+}
+
+export { clawbackCredits, type PaymentEvent };

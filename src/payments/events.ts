@@ -1,0 +1,160 @@
+import { sql } from 'kysely';
+import * as credits from '../credits/index.ts';
+import type { Tx } from '../db/db.ts';
+import * as messaging from '../messaging/index.ts';
+import { type BillingDeps, creditsArrived, fulfillSession, syncSubscription } from './billing.ts';
+import { clawbackCredits } from './catalog.ts';
+import type { PaymentEvent } from './payments.ts';
+
+const system = { type: 'system' as const, id: 'billing' };
+const str = (o: Record<string, unknown>, k: string): string | null => {
+  const v = o[k];
+  return typeof v === 'string' ? v : v && typeof v === 'object' && 'id' in v ? String((v as { id: unknown }).id) : null;
+};
+const num = (o: Record<string, unknown>, k: string): number => (typeof o[k] === 'number' ? (o[k] as number) : 0);
+
+/** An invoice's subscription: `parent.subscription_details.subscription` since API 2025-03-31, `subscription` before. */
+function invoiceSubscription(invoice: Record<string, unknown>): string | null {
+  const details = (invoice.parent as { subscription_details?: Record<string, unknown> } | null | undefined)?.subscription_details;
+  return (details ? str(details, 'subscription') : null) ?? str(invoice, 'subscription');
+}
+
+export type EventOutcome = 'processed' | 'duplicate' | 'ignored';
+
+/**
+ * POST /webhooks/stripe, after the signature was verified: each event id is
+ * recorded once in the inbox (unique key) and processed until it succeeds.
+ * Events may come twice or out of order, so handlers read Stripe's current
+ * object (sessions, subscriptions) or keep the highest cumulative figure
+ * (refunds) instead of trusting arrival order; every effect is idempotent.
+ */
+export async function handleStripeEvent(deps: BillingDeps, event: PaymentEvent): Promise<EventOutcome> {
+  await sql`insert into stripe_events (id, type, created, payload) values (${event.id}, ${event.type}, ${event.created}, ${JSON.stringify(event.object)}::jsonb)
+    on conflict (id) do nothing`.execute(deps.db);
+  const { rows } = await sql<{ processed_at: Date | null }>`select processed_at from stripe_events where id = ${event.id}`.execute(deps.db);
+  if (rows[0]?.processed_at) return 'duplicate';
+  const o = event.object;
+  let handled = true;
+  switch (event.type) {
+    case 'checkout.session.completed':
+    case 'checkout.session.async_payment_succeeded':
+      await fulfillSession(deps, String(o.id));
+      break;
+    case 'checkout.session.expired':
+      await sql`update checkout_sessions set status = 'expired' where id = ${String(o.id)} and status = 'open'`.execute(deps.db);
+      break;
+    case 'invoice.paid':
+      await invoicePaid(deps, o);
+      break;
+    case 'invoice.payment_failed':
+    case 'customer.subscription.created':
+    case 'customer.subscription.updated':
+    case 'customer.subscription.deleted': {
+      const sub = event.type.startsWith('invoice.') ? invoiceSubscription(o) : String(o.id);
+      if (sub !== null) await syncSubscription(deps, sub);
+      break;
+    }
+    case 'charge.refunded':
+      await deps.db.transaction().execute((trx) => refunded(trx, o));
+      break;
+    case 'charge.dispute.created':
+      await deps.db.transaction().execute((trx) => disputeOpened(trx, o));
+      break;
+    case 'charge.dispute.closed':
+      await deps.db.transaction().execute((trx) => disputeClosed(trx, o));
+      break;
+    default:
+      handled = false;
+  }
+  await sql`update stripe_events set processed_at = now() where id = ${event.id} and processed_at is null`.execute(deps.db);
+  return handled ? 'processed' : 'ignored';
+}
+
+/** A renewal (or the first period): the plan's allowance replaces the previous one, once per invoice. */
+async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>): Promise<void> {
+  const subId = invoiceSubscription(invoice);
+  if (subId === null) return;
+  await syncSubscription(deps, subId);
+  const sub = await deps.payments.getSubscription(subId);
+  const org = sub.metadata.organization_id;
+  if (org === undefined) return;
+  const plan = deps.catalog.plans.find((p) => p.id === (sub.metadata.item ?? ''));
+  const lines = (invoice.lines as { data?: { period?: { start?: number; end?: number } }[] } | undefined)?.data ?? [];
+  const periodStart = lines[0]?.period?.start ?? num(invoice, 'period_start');
+  await deps.db.transaction().execute(async (trx) => {
+    // An older invoice arriving late must not replace a newer period's allowance.
+    const { rows } = await sql<{ renewed: string | null }>`select max(allowance_period_start)::text as renewed from credit_accounts where organization_id = ${org}`.execute(trx);
+    const renewed = rows[0]?.renewed ? Date.parse(rows[0].renewed) : 0;
+    if (periodStart * 1000 < renewed) return;
+    await credits.renewAllowance(trx, {
+      organizationId: org,
+      amount: plan?.monthlyCredits ?? 0,
+      period: `${subId}:${periodStart}`,
+      periodStart: new Date(periodStart * 1000),
+      idempotencyKey: `invoice:${String(invoice.id)}`,
+      actor: system,
+    });
+    await creditsArrived(trx, org);
+  });
+}
+
+/** Refunds add up: the highest cumulative refunded amount decides how many credits go back. */
+async function refunded(trx: Tx, charge: Record<string, unknown>): Promise<void> {
+  const pi = str(charge, 'payment_intent');
+  if (pi === null) return;
+  const { rows } = await sql<{ organization_id: string; amount: number; credits: number; refunded_amount: number; credits_clawed_back: number }>`
+    select * from payments where payment_intent = ${pi} for update`.execute(trx);
+  const p = rows[0];
+  if (p === undefined) return;
+  const refundedAmount = Math.max(p.refunded_amount, Math.min(p.amount, num(charge, 'amount_refunded')));
+  const target = clawbackCredits(p.credits, p.amount, refundedAmount);
+  const delta = target - p.credits_clawed_back;
+  if (delta > 0) {
+    await credits.clawback(trx, {
+      organizationId: p.organization_id,
+      amount: delta,
+      paymentRef: pi,
+      reason: `refund: ${refundedAmount} of ${p.amount} refunded`,
+      idempotencyKey: `refund:${pi}:${target}`,
+      actor: system,
+    });
+  }
+  await sql`update payments set refunded_amount = ${refundedAmount}, credits_clawed_back = greatest(credits_clawed_back, ${target})
+    where payment_intent = ${pi}`.execute(trx);
+}
+
+async function orgOfPayment(trx: Tx, pi: string | null): Promise<string | undefined> {
+  if (pi === null) return undefined;
+  const { rows } = await sql<{ organization_id: string }>`select organization_id from payments where payment_intent = ${pi}
+    union all select organization_id from checkout_sessions where payment_intent = ${pi} limit 1`.execute(trx);
+  return rows[0]?.organization_id;
+}
+
+/** A dispute freezes the organization's sending at once (every claim checks it). */
+async function disputeOpened(trx: Tx, dispute: Record<string, unknown>): Promise<void> {
+  const pi = str(dispute, 'payment_intent');
+  const org = await orgOfPayment(trx, pi);
+  if (org === undefined) return;
+  await sql`insert into disputes (id, organization_id, payment_intent, status) values (${String(dispute.id)}, ${org}, ${pi}, 'open')
+    on conflict (id) do nothing`.execute(trx);
+  await sql`update organizations set frozen_at = now(), frozen_by = 'dispute' where id = ${org} and frozen_at is null`.execute(trx);
+}
+
+/** Won: unfreeze once no dispute is open (an operator's freeze stays). Lost: the credits go back, it stays frozen. */
+async function disputeClosed(trx: Tx, dispute: Record<string, unknown>): Promise<void> {
+  const outcome = dispute.status === 'won' ? 'won' : 'lost';
+  const { rows } = await sql<{ organization_id: string; payment_intent: string | null }>`
+    update disputes set status = ${outcome}, closed_at = now() where id = ${String(dispute.id)} and status = 'open'
+    returning organization_id, payment_intent`.execute(trx);
+  const d = rows[0];
+  if (d === undefined) return;
+  if (outcome === 'lost' && d.payment_intent !== null) {
+    await refunded(trx, { payment_intent: d.payment_intent, amount_refunded: Number.MAX_SAFE_INTEGER });
+    return;
+  }
+  const { rows: open } = await sql`select 1 from disputes where organization_id = ${d.organization_id} and status = 'open'`.execute(trx);
+  if (open.length > 0) return;
+  const { rows: un } = await sql`update organizations set frozen_at = null, frozen_by = null
+    where id = ${d.organization_id} and frozen_by = 'dispute' returning id`.execute(trx);
+  if (un.length > 0) await messaging.scheduleDispatch(trx, d.organization_id, { includeBlocked: true });
+}

@@ -1,0 +1,51 @@
+/**
+ * The Payments port (ARCHITECTURE §8): what Credence needs from Stripe.
+ * The adapter (stripe.ts) uses the official SDK; local runs and tests point
+ * it at the Stripe-compatible simulator, so the same code path runs.
+ */
+export interface CheckoutRequest {
+  organizationId: string;
+  kind: 'pack' | 'plan';
+  item: string;
+  name: string;
+  amount: number;
+  currency: string;
+  credits: number;
+  successUrl: string;
+  cancelUrl: string;
+  customerId?: string;
+}
+
+export interface SessionView {
+  id: string;
+  status: string;
+  paymentStatus: string;
+  paymentIntent: string | null;
+  subscription: string | null;
+  customer: string | null;
+  metadata: Record<string, string>;
+  amountTotal: number | null;
+}
+
+export interface SubscriptionView {
+  id: string;
+  status: string;
+  periodStart: Date | null;
+  periodEnd: Date | null;
+  metadata: Record<string, string>;
+}
+
+export interface PaymentEvent {
+  id: string;
+  type: string;
+  created: number;
+  object: Record<string, unknown>;
+}
+
+export interface Payments {
+  createCheckout(request: CheckoutRequest): Promise<{ id: string; url: string }>;
+  getSession(id: string): Promise<SessionView>;
+  getSubscription(id: string): Promise<SubscriptionView>;
+  /** The verified event, or undefined when the signature, timestamp or body do not check out. */
+  verifyWebhook(rawBody: Buffer, signature: string | undefined): PaymentEvent | undefined;
+}

@@ -1,0 +1,88 @@
+import Stripe from 'stripe';
+import type { CheckoutRequest, PaymentEvent, Payments, SessionView, SubscriptionView } from './payments.ts';
+
+export interface StripeOptions {
+  secretKey: string;
+  webhookSecret: string;
+  /** e.g. http://127.0.0.1:3002 for the simulator; default api.stripe.com */
+  apiUrl?: string;
+  timeoutMs?: number;
+}
+
+const idOf = (v: unknown): string | null => (typeof v === 'string' ? v : v && typeof v === 'object' && 'id' in v ? String((v as { id: unknown }).id) : null);
+
+/** Payments through the official Stripe SDK (host/port/protocol for the simulator). */
+export function createStripePayments(options: StripeOptions): Payments {
+  const url = options.apiUrl ? new URL(options.apiUrl) : undefined;
+  const stripe = new Stripe(options.secretKey, {
+    maxNetworkRetries: 2,
+    timeout: options.timeoutMs ?? 20_000,
+    ...(url && {
+      host: url.hostname,
+      port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
+      protocol: url.protocol === 'https:' ? 'https' : 'http',
+    }),
+  });
+  return {
+    async createCheckout(r: CheckoutRequest) {
+      const metadata = { organization_id: r.organizationId, kind: r.kind, item: r.item, credits: String(r.credits) };
+      const session = await stripe.checkout.sessions.create({
+        mode: r.kind === 'plan' ? 'subscription' : 'payment',
+        line_items: [
+          {
+            quantity: 1,
+            price_data: {
+              currency: r.currency,
+              unit_amount: r.amount,
+              product_data: { name: r.name },
+              ...(r.kind === 'plan' && { recurring: { interval: 'month' as const } }),
+            },
+          },
+        ],
+        success_url: r.successUrl,
+        cancel_url: r.cancelUrl,
+        client_reference_id: r.organizationId,
+        metadata,
+        ...(r.kind === 'plan' && { subscription_data: { metadata } }),
+        ...(r.customerId && { customer: r.customerId }),
+      });
+      if (!session.url) throw new Error('Stripe returned a Checkout Session without a URL');
+      return { id: session.id, url: session.url };
+    },
+    async getSession(id: string): Promise<SessionView> {
+      const s = await stripe.checkout.sessions.retrieve(id);
+      return {
+        id: s.id,
+        status: s.status ?? 'open',
+        paymentStatus: s.payment_status,
+        paymentIntent: idOf(s.payment_intent),
+        subscription: idOf(s.subscription),
+        customer: idOf(s.customer),
+        metadata: (s.metadata ?? {}) as Record<string, string>,
+        amountTotal: s.amount_total ?? null,
+      };
+    },
+    async getSubscription(id: string): Promise<SubscriptionView> {
+      const s = (await stripe.subscriptions.retrieve(id)) as unknown as Record<string, unknown> & { items?: { data?: Record<string, unknown>[] } };
+      const item = s.items?.data?.[0] ?? {};
+      const seconds = (v: unknown) => (typeof v === 'number' ? new Date(v * 1000) : null);
+      return {
+        id: String(s.id),
+        status: String(s.status),
+        // newer API versions keep the period on the item
+        periodStart: seconds(s.current_period_start ?? item.current_period_start),
+        periodEnd: seconds(s.current_period_end ?? item.current_period_end),
+        metadata: (s.metadata ?? {}) as Record<string, string>,
+      };
+    },
+    verifyWebhook(rawBody: Buffer, signature: string | undefined): PaymentEvent | undefined {
+      if (signature === undefined) return undefined;
+      try {
+        const e = stripe.webhooks.constructEvent(rawBody, signature, options.webhookSecret, 300);
+        return { id: e.id, type: e.type, created: e.created, object: e.data.object as unknown as Record<string, unknown> };
+      } catch {
+        return undefined;
+      }
+    },
+  };
+}
