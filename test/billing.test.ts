@@ -190,3 +190,51 @@ describe('disputes and subscriptions act on sending at the next claim', () => {
     expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
   }, 90_000);
 });
+
+describe('operator actions', () => {
+  it('a plan change takes effect at the next renewal; freeze and unfreeze are audited and gate sending', async () => {
+    const id = await checkout('plan', 'pro');
+    await sim().pay(id);
+    await sim().flush();
+    await eventually(async () => {
+      const { rows } = await sql<{ status: string }>`select status from subscriptions where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+      return rows[0]?.status === 'active' ? true : undefined;
+    }, 10_000, 'active subscription');
+    const change = await p.app.inject({
+      method: 'POST',
+      url: `/v1/organizations/${p.tenant.organizationId}/plan`,
+      headers: bearer(p.op),
+      payload: { plan: 'ultra', reason: 'customer upgraded by phone' },
+    });
+    expect(change.statusCode, change.body).toBe(200);
+    await sim().advanceClock();
+    await sim().flush();
+    await eventually(async () => ((await account()).allowance === 500 ? true : undefined), 10_000, 'ultra allowance');
+    const bad = await p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/plan`, headers: bearer(p.op), payload: { plan: 'gold', reason: 'x' } });
+    expect(bad.statusCode).toBe(422);
+    const notOperator = await p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/freeze`, headers: bearer(p.tenant.orgKey), payload: { reason: 'x' } });
+    expect(notOperator.statusCode).toBe(403);
+
+    const freeze = await p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/freeze`, headers: bearer(p.op), payload: { reason: 'fraud review' } });
+    expect(freeze.statusCode).toBe(200);
+    const view = async () => (await p.app.inject({ method: 'GET', url: '/v1/billing', headers: bearer(p.tenant.orgKey) })).json() as { can_send: boolean; plan: string };
+    expect(await view()).toMatchObject({ can_send: false, plan: 'ultra' });
+    const res = await p.app.inject({
+      method: 'POST',
+      url: '/v1/messages',
+      headers: bearer(p.tenant.workspaceKey),
+      payload: { to: '+14155559001', body: 'while frozen', purpose: 'transactional' },
+    });
+    const msgId = (res.json() as { id: string }).id;
+    await eventually(async () => {
+      const { rows } = await sql<{ status: string; status_reason: string }>`select status, status_reason from messages where id = ${msgId}`.execute(p.tdb.db);
+      return rows[0]?.status === 'blocked' ? rows[0] : undefined;
+    }, 10_000, 'blocked while frozen');
+    await p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/unfreeze`, headers: bearer(p.op), payload: { reason: 'cleared' } });
+    expect((await view()).can_send).toBe(true);
+    await eventually(async () => (p.simulator.log().some((e) => e.to === '+14155559001') ? true : undefined), 15_000, 'sent after unfreeze');
+    const { rows: audit } = await sql<{ action: string; reason: string }>`select action, reason from audit_log
+      where organization_id = ${p.tenant.organizationId} and action in ('organization.plan_change', 'organization.freeze', 'organization.unfreeze') order by created_at`.execute(p.tdb.db);
+    expect(audit.map((a) => a.action)).toEqual(['organization.plan_change', 'organization.freeze', 'organization.unfreeze']);
+  }, 60_000);
+});

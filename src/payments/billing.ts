@@ -3,7 +3,7 @@ import * as campaigns from '../campaigns/index.ts';
 import * as credits from '../credits/index.ts';
 import type { Db, Tx } from '../db/db.ts';
 import * as messaging from '../messaging/index.ts';
-import { validationError } from '../shared/errors.ts';
+import { DomainError, validationError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { type Catalog, clawbackCredits } from './catalog.ts';
 import type { PaymentEvent, Payments } from './payments.ts';
@@ -132,6 +132,22 @@ async function applySubscription(
 }
 
 export { applySubscription, creditsArrived };
+
+/**
+ * Operator plan change: the subscription's plan (Stripe metadata and our
+ * row) changes now; the allowance follows at the next renewal.
+ */
+export async function changePlan(deps: BillingDeps, organizationId: string, plan: string): Promise<{ plan: string; subscription_id: string }> {
+  if (!deps.catalog.plans.some((p) => p.id === plan && p.amount > 0)) {
+    throw validationError('plan', `must be a paid plan: ${deps.catalog.plans.filter((p) => p.amount > 0).map((p) => p.id).join(', ')}`);
+  }
+  const { rows } = await sql<{ stripe_subscription_id: string }>`select stripe_subscription_id from subscriptions where organization_id = ${organizationId}`.execute(deps.db);
+  const sub = rows[0];
+  if (sub === undefined) throw new DomainError('conflict', 'This organization has no subscription; it buys a plan through checkout first.');
+  await deps.payments.setSubscriptionPlan(sub.stripe_subscription_id, plan);
+  await sql`update subscriptions set plan = ${plan}, updated_at = now() where organization_id = ${organizationId}`.execute(deps.db);
+  return { plan, subscription_id: sub.stripe_subscription_id };
+}
 
 /** Stripe's view of a subscription, for an event about it (arrival order does not matter). */
 export async function syncSubscription(deps: BillingDeps, subscriptionId: string): Promise<void> {

@@ -46,6 +46,8 @@ export interface Payments {
   createCheckout(request: CheckoutRequest): Promise<{ id: string; url: string }>;
   getSession(id: string): Promise<SessionView>;
   getSubscription(id: string): Promise<SubscriptionView>;
+  /** Record the plan on the subscription (its metadata): the next renewal grants that plan's allowance. */
+  setSubscriptionPlan(id: string, plan: string): Promise<void>;
   /** The verified event, or undefined when the signature, timestamp or body do not check out. */
   verifyWebhook(rawBody: Buffer, signature: string | undefined): PaymentEvent | undefined;
 }

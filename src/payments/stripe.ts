@@ -75,6 +75,9 @@ export function createStripePayments(options: StripeOptions): Payments {
         metadata: (s.metadata ?? {}) as Record<string, string>,
       };
     },
+    async setSubscriptionPlan(id: string, plan: string): Promise<void> {
+      await stripe.subscriptions.update(id, { metadata: { item: plan } });
+    },
     verifyWebhook(rawBody: Buffer, signature: string | undefined): PaymentEvent | undefined {
       if (signature === undefined) return undefined;
       try {

@@ -106,6 +106,33 @@ export function billingRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
       },
     );
 
+    app.post(
+      '/v1/organizations/:id/plan',
+      {
+        schema: {
+          tags: ['operator'],
+          summary: "Operator plan change (audited): the subscription's plan changes now, its allowance at the next renewal",
+          params: Type.Object({ id: Id('org') }),
+          body: Type.Object({ plan: Type.String({ minLength: 1, maxLength: 40 }), reason: Type.String({ minLength: 1, maxLength: 500 }) }, { additionalProperties: false }),
+        },
+      },
+      async (request) => {
+        const actor = actorOf(request);
+        tenancy.requireOperator(actor.principal);
+        const org = await tenancy.readableOrganization(db, actor, request.params.id);
+        const result = await billing.changePlan(need(), org, request.body.plan);
+        await tenancy.recordAudit(db, actor, {
+          action: 'organization.plan_change',
+          organizationId: org,
+          targetType: 'organization',
+          targetId: org,
+          reason: request.body.reason,
+          details: result,
+        });
+        return result;
+      },
+    );
+
     for (const action of ['freeze', 'unfreeze'] as const) {
       app.post(
         `/v1/organizations/:id/${action}`,
