@@ -238,3 +238,34 @@ describe('operator actions', () => {
     expect(audit.map((a) => a.action)).toEqual(['organization.plan_change', 'organization.freeze', 'organization.unfreeze']);
   }, 60_000);
 });
+
+describe('delayed payments and past_due', () => {
+  it('a delayed payment grants nothing until it settles; a failed renewal leaves the grace period, then closes the gate', async () => {
+    const before = await account();
+    const id = await checkout('pack', 'starter');
+    await sim().pay(id, { delayed: true });
+    await sim().flush();
+    expect((await fetch(`${p.apiUrl}/billing/return?session_id=${id}`).then((r) => r.text())).includes('not completed')).toBe(true);
+    expect((await account()).purchased).toBe(before.purchased);
+    await sim().settleDelayed(id);
+    await sim().flush();
+    await eventually(async () => ((await account()).purchased === before.purchased + 100 ? true : undefined), 10_000, 'credits after settlement');
+
+    const { rows } = await sql<{ stripe_subscription_id: string }>`select stripe_subscription_id from subscriptions where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+    sim().failNextRenewal(rows[0]!.stripe_subscription_id);
+    await sim().advanceClock();
+    await sim().flush();
+    const state = async () => {
+      const { rows: r } = await sql<{ status: string; grace: boolean; ok: boolean }>`select status, grace_until > now() as grace,
+        credence_subscription_ok(organization_id) as ok from subscriptions where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+      return r[0]!;
+    };
+    await eventually(async () => ((await state()).status === 'past_due' ? true : undefined), 10_000, 'past_due');
+    expect(await state()).toEqual({ status: 'past_due', grace: true, ok: true });
+    // the grace period runs out
+    await sql`update subscriptions set grace_until = now() - interval '1 second' where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+    expect((await state()).ok).toBe(false);
+    const view = (await p.app.inject({ method: 'GET', url: '/v1/billing', headers: bearer(p.tenant.orgKey) })).json() as { can_send: boolean };
+    expect(view.can_send).toBe(false);
+  }, 60_000);
+});
