@@ -13,10 +13,10 @@ import { sql } from 'kysely';
 import * as consent from '../src/consent/index.ts';
 import { newId } from '../src/shared/ids.ts';
 import { daytimeZone } from '../test/helpers/campaigns.ts';
-import { freePort } from '../test/helpers/ports.ts';
-import { killAllSpawned, spawnCredence } from '../test/helpers/process.ts';
+import { killAllSpawned } from '../test/helpers/process.ts';
 import { measureCarrierCeiling } from './carrier-ceiling.ts';
 import { benchDatabase } from './harness.ts';
+import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_CAMPAIGN_RECIPIENTS ?? 100_000);
 
@@ -34,51 +34,10 @@ async function peakRssMb(pid: number | undefined): Promise<number> {
 const home = await fs.mkdtemp(path.join(os.tmpdir(), 'credence-bench-campaign-'));
 const database = await benchDatabase(4);
 try {
-  const simPort = await freePort();
-  const apiPort = await freePort();
-  const apiUrl = `http://127.0.0.1:${apiPort}`;
-  const simUrl = `http://127.0.0.1:${simPort}`;
-  const common = {
-    CREDENCE_HOME: home,
-    LOG_LEVEL: 'warn',
-    PUBLIC_URL: apiUrl,
-    ...(process.env.BENCH_PROFILE_DIR && { BENCH_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}` }),
-    // BENCH_NODE_ARGS="--max-old-space-size=200": node flags for every spawned process
-    ...(process.env.BENCH_NODE_ARGS && { BENCH_NODE_ARGS: process.env.BENCH_NODE_ARGS }),
-  };
-  const sim = spawnCredence(['simulator'], { ...common, SIMULATOR_PORT: String(simPort), SIMULATOR_FAULTS: '{"latencyMs":{"min":0,"max":5}}' });
-  await sim.waitFor(/listening on/);
-  const account = JSON.parse(await fs.readFile(path.join(home, 'simulator.json'), 'utf8')) as { sid: string; authToken: string };
-  const env = {
-    ...common,
-    DATABASE_URL: database.url,
-    TWILIO_ACCOUNT_SID: account.sid,
-    TWILIO_AUTH_TOKEN: account.authToken,
-    TWILIO_API_URL: simUrl,
-    PORT: String(apiPort),
-    DB_POOL_SIZE: '20',
-    WORKER_CONCURRENCY: '16',
-  };
-  const api = spawnCredence(['api'], env);
-  const [, opKey] = await api.waitFor(/Bootstrap operator API key[^\n]*\n\s+(crd_op_\S+)/);
-  const worker = spawnCredence(['worker'], env);
-  await worker.waitFor(/Credence is running/);
-
-  const call = async (method: string, url: string, key: string, body?: unknown) => {
-    const res = await fetch(`${apiUrl}${url}`, {
-      method,
-      headers: { authorization: `Bearer ${key}`, ...(body !== undefined && { 'content-type': 'application/json' }) },
-      ...(body !== undefined && { body: JSON.stringify(body) }),
-    });
-    const json = (await res.json()) as Record<string, unknown>;
-    if (res.status >= 300) throw new Error(`${method} ${url}: ${res.status} ${JSON.stringify(json)}`);
-    return json;
-  };
-  const org = (await call('POST', '/v1/organizations', opKey!, { name: 'Bench' })) as { organization: { id: string }; admin_key: { key: string } };
-  const ws = (await call('POST', '/v1/workspaces', org.admin_key.key, { name: 'Bench shop' })) as { id: string };
-  const wsKey = ((await call('POST', '/v1/api-keys', org.admin_key.key, { name: 'bench', scope: 'workspace', workspace_id: ws.id })) as { key: string }).key;
-  await call('POST', '/v1/sender-numbers', wsKey, { phone_number: '+14155550100', kind: 'short_code', mps: 10000 });
-  await call('POST', `/v1/organizations/${org.organization.id}/credits/grants`, opKey!, { amount: COUNT * 2, reason: 'bench', idempotency_key: 'bench' });
+  const stack = await startBenchStack(home, database.url, COUNT * 2);
+  const { simUrl, account, sim, api, worker, wsKey, call } = stack;
+  const org = { organization: { id: stack.organizationId } };
+  const ws = { id: stack.workspaceId };
 
   // The audience, written in bulk: contacts in a zone where it is early afternoon, each with marketing consent.
   process.stdout.write(`preparing ${COUNT} contacts with consent…\n`);

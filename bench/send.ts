@@ -12,10 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
-import { freePort } from '../test/helpers/ports.ts';
-import { killAllSpawned, spawnCredence } from '../test/helpers/process.ts';
+import { killAllSpawned } from '../test/helpers/process.ts';
 import { measureCarrierCeiling } from './carrier-ceiling.ts';
 import { benchDatabase } from './harness.ts';
+import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_SEND_MESSAGES ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_SEND_CONCURRENCY ?? 64);
@@ -31,52 +31,9 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 const home = await fs.mkdtemp(path.join(os.tmpdir(), 'credence-bench-send-'));
 const database = await benchDatabase(4);
 try {
-  const simPort = await freePort();
-  const apiPort = await freePort();
-  const apiUrl = `http://127.0.0.1:${apiPort}`;
-  const simUrl = `http://127.0.0.1:${simPort}`;
-  const common = {
-    CREDENCE_HOME: home,
-    LOG_LEVEL: 'warn',
-    PUBLIC_URL: apiUrl,
-    // BENCH_PROFILE_DIR=<dir> writes a V8 CPU profile of each process there (open it in Chrome DevTools)
-    ...(process.env.BENCH_PROFILE_DIR && { BENCH_NODE_ARGS: `--cpu-prof --cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}` }),
-  };
-  const sim = spawnCredence(['simulator'], { ...common, SIMULATOR_PORT: String(simPort), SIMULATOR_FAULTS: '{"latencyMs":{"min":0,"max":5}}' });
-  await sim.waitFor(/listening on/);
-  const account = JSON.parse(await fs.readFile(path.join(home, 'simulator.json'), 'utf8')) as { sid: string; authToken: string };
-  const env = {
-    ...common,
-    DATABASE_URL: database.url,
-    TWILIO_ACCOUNT_SID: account.sid,
-    TWILIO_AUTH_TOKEN: account.authToken,
-    TWILIO_API_URL: simUrl,
-    PORT: String(apiPort),
-    DB_POOL_SIZE: '20',
-    WORKER_CONCURRENCY: '16',
-  };
-  const api = spawnCredence(['api'], env);
-  const [, opKey] = await api.waitFor(/Bootstrap operator API key[^\n]*\n\s+(crd_op_\S+)/);
-  const worker = spawnCredence(['worker'], { ...env, LOG_LEVEL: process.env.BENCH_WORKER_LOG ?? 'warn' });
-  await worker.waitFor(/Credence is running/);
-
-  const call = async (method: string, url: string, key: string, body?: unknown, headers: Record<string, string> = {}) => {
-    const res = await fetch(`${apiUrl}${url}`, {
-      method,
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...headers },
-      ...(body !== undefined && { body: JSON.stringify(body) }),
-    });
-    const json = (await res.json()) as Record<string, unknown>;
-    if (res.status >= 300) throw new Error(`${method} ${url}: ${res.status} ${JSON.stringify(json)}`);
-    return json;
-  };
-  const org = (await call('POST', '/v1/organizations', opKey!, { name: 'Bench' })) as { organization: { id: string }; admin_key: { key: string } };
-  const ws = (await call('POST', '/v1/workspaces', org.admin_key.key, { name: 'Bench shop' })) as { id: string };
-  const wsKey = ((await call('POST', '/v1/api-keys', org.admin_key.key, { name: 'bench', scope: 'workspace', workspace_id: ws.id })) as { key: string }).key;
-  await call('POST', '/v1/sender-numbers', wsKey, { phone_number: '+14155550100', kind: 'short_code', mps: 10000 });
+  const { apiUrl, simUrl, account, sim, api, worker, orgKey, workspaceId, wsKey, call } = await startBenchStack(home, database.url, COUNT * 2);
   // 20,000 transactional messages in a minute: lift the default 100/hour safety cap.
-  await call('PATCH', `/v1/workspaces/${ws.id}/sending-rules`, org.admin_key.key, { hourly_cap: null });
-  await call('POST', `/v1/organizations/${org.organization.id}/credits/grants`, opKey!, { amount: COUNT * 2, reason: 'bench', idempotency_key: 'bench' });
+  await call('PATCH', `/v1/workspaces/${workspaceId}/sending-rules`, orgKey, { hourly_cap: null });
 
   // The load generator: plain node:http with keep-alive (lighter than fetch, so
   // more of the two cores go to Credence itself).

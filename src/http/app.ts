@@ -21,6 +21,7 @@ import { billingRoutes } from './routes/billing.ts';
 import { campaignRoutes } from './routes/campaigns.ts';
 import { consentRoutes } from './routes/consent.ts';
 import { contactRoutes } from './routes/contacts.ts';
+import { importRoutes } from './routes/imports.ts';
 import { privacyRoutes } from './routes/privacy.ts';
 import { webhookRoutes } from './routes/webhooks.ts';
 import { tenancyRoutes } from './routes/tenancy.ts';
@@ -106,6 +107,7 @@ export async function buildApp(deps: AppDeps) {
   await app.register(messageRoutes(deps));
   await app.register(senderRoutes(deps));
   await app.register(contactRoutes(deps));
+  await app.register(importRoutes(deps));
   await app.register(campaignRoutes(deps));
   await app.register(consentRoutes(deps));
   await app.register(privacyRoutes(deps));
