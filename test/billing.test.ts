@@ -269,3 +269,43 @@ describe('delayed payments and past_due', () => {
     expect(view.can_send).toBe(false);
   }, 60_000);
 });
+
+describe('freezes: disputes and operators', () => {
+  const frozen = async () => {
+    const { rows } = await sql<{ frozen: boolean; by: string | null }>`select frozen_at is not null as frozen, frozen_by as by from organizations where id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+    return rows[0]!;
+  };
+  const paidCharge = async () => {
+    const id = await checkout('pack', 'starter');
+    await sim().pay(id);
+    await sim().flush();
+    const { rows } = await sql<{ payment_intent: string }>`select payment_intent from checkout_sessions where id = ${id}`.execute(p.tdb.db);
+    return chargeOf(rows[0]!.payment_intent);
+  };
+  const operator = (action: 'freeze' | 'unfreeze') =>
+    p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/${action}`, headers: bearer(p.op), payload: { reason: 'test' } });
+
+  it('a lost dispute stays frozen even when a later dispute is won; an operator unfreeze keeps an open dispute frozen', async () => {
+    const first = await paidCharge();
+    const d1 = await sim().dispute(first);
+    await sim().flush();
+    await sim().closeDispute(d1, 'lost');
+    await sim().flush();
+    expect(await frozen()).toEqual({ frozen: true, by: 'operator' });
+    const second = await paidCharge();
+    const d2 = await sim().dispute(second);
+    await sim().flush();
+    await sim().closeDispute(d2, 'won');
+    await sim().flush();
+    expect((await frozen()).frozen).toBe(true);
+    await operator('unfreeze');
+    expect((await frozen()).frozen).toBe(false);
+
+    const third = await paidCharge();
+    await sim().dispute(third);
+    await sim().flush();
+    await operator('freeze');
+    await operator('unfreeze');
+    expect(await frozen()).toEqual({ frozen: true, by: 'dispute' });
+  }, 60_000);
+});

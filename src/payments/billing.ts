@@ -34,6 +34,12 @@ export async function startCheckout(
     throw validationError('item', `must be one of ${ids.join(', ')}`);
   }
   if (plan !== undefined && plan.amount === 0) throw validationError('item', 'the free plan needs no checkout');
+  if (plan !== undefined) {
+    const { rows: current } = await sql<{ status: string }>`select status from subscriptions where organization_id = ${organizationId}`.execute(deps.db);
+    if (current[0] && ['active', 'trialing', 'past_due', 'incomplete'].includes(current[0].status)) {
+      throw new DomainError('conflict', 'This organization already has a subscription: an operator changes its plan (POST /v1/organizations/{id}/plan).');
+    }
+  }
   const { rows: customer } = await sql<{ stripe_customer_id: string }>`
     select stripe_customer_id from billing_customers where organization_id = ${organizationId}`.execute(deps.db);
   const session = await deps.payments.createCheckout({
@@ -72,8 +78,10 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
     deps.log.error({ session_id: sessionId }, 'checkout session metadata does not match its organization');
     return 'unknown_session';
   }
-  const sub = session.subscription !== null ? await deps.payments.getSubscription(session.subscription) : undefined;
   return deps.db.transaction().execute(async (trx) => {
+    // Subscription writes are serialised per subscription, each with a read of Stripe taken under the lock.
+    if (session.subscription !== null) await lockSubscription(trx, session.subscription);
+    const sub = session.subscription !== null ? await deps.payments.getSubscription(session.subscription) : undefined;
     const { rows } = await sql<{ status: string; organization_id: string; kind: 'pack' | 'plan'; item: string; credits: number; amount: number; currency: string }>`
       select * from checkout_sessions where id = ${sessionId} for update`.execute(trx);
     const row = rows[0]!;
@@ -122,7 +130,10 @@ async function applySubscription(
       -- the grace period starts when it first became past_due
       grace_until = case when excluded.status <> 'past_due' then null
                          when subscriptions.status = 'past_due' then subscriptions.grace_until else excluded.grace_until end,
-      updated_at = now()`.execute(trx);
+      updated_at = now()
+    -- another subscription replaces the recorded one only once that one has ended
+    where subscriptions.stripe_subscription_id = excluded.stripe_subscription_id
+       or subscriptions.status in ('canceled', 'incomplete_expired', 'unpaid')`.execute(trx);
   const { rows: after } = await sql<{ ok: boolean }>`select credence_subscription_ok(${organizationId}) as ok`.execute(trx);
   if (!before[0]!.ok && after[0]!.ok) {
     await campaigns.resumeCampaignsForSubscription(trx, organizationId, 'billing');
@@ -151,12 +162,18 @@ export async function changePlan(deps: BillingDeps, organizationId: string, plan
 
 /** Stripe's view of a subscription, for an event about it (arrival order does not matter). */
 export async function syncSubscription(deps: BillingDeps, subscriptionId: string): Promise<void> {
-  const sub = await deps.payments.getSubscription(subscriptionId);
-  const org = sub.metadata.organization_id;
-  if (org === undefined) return;
   await deps.db.transaction().execute(async (trx) => {
+    // The last writer holds the newest read: a slow handler cannot put back an older state.
+    await lockSubscription(trx, subscriptionId);
+    const sub = await deps.payments.getSubscription(subscriptionId);
+    const org = sub.metadata.organization_id;
+    if (org === undefined) return;
     await applySubscription(deps, trx, org, sub.metadata.item ?? 'pro', sub);
   });
+}
+
+async function lockSubscription(trx: Tx, subscriptionId: string): Promise<void> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${`subscription:${subscriptionId}`}, 0))`.execute(trx);
 }
 
 export { clawbackCredits, type PaymentEvent };

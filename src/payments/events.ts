@@ -57,12 +57,16 @@ export async function handleStripeEvent(deps: BillingDeps, event: PaymentEvent):
     case 'charge.refunded':
       await deps.db.transaction().execute((trx) => refunded(trx, o));
       break;
-    case 'charge.dispute.created':
-      await deps.db.transaction().execute((trx) => disputeOpened(trx, o));
+    case 'charge.dispute.created': {
+      const org = await disputeOrganization(deps, o);
+      await deps.db.transaction().execute((trx) => disputeOpened(trx, o, org));
       break;
-    case 'charge.dispute.closed':
-      await deps.db.transaction().execute((trx) => disputeClosed(trx, o));
+    }
+    case 'charge.dispute.closed': {
+      const org = await disputeOrganization(deps, o);
+      await deps.db.transaction().execute((trx) => disputeClosed(trx, o, org));
       break;
+    }
     default:
       handled = false;
   }
@@ -123,33 +127,56 @@ async function refunded(trx: Tx, charge: Record<string, unknown>): Promise<void>
     where payment_intent = ${pi}`.execute(trx);
 }
 
-async function orgOfPayment(trx: Tx, pi: string | null): Promise<string | undefined> {
-  if (pi === null) return undefined;
-  const { rows } = await sql<{ organization_id: string }>`select organization_id from payments where payment_intent = ${pi}
-    union all select organization_id from checkout_sessions where payment_intent = ${pi} limit 1`.execute(trx);
+/**
+ * The organization a dispute is about: its pack payment, or — for a
+ * subscription charge, which has no pack payment — the charge's customer.
+ */
+async function disputeOrganization(deps: BillingDeps, dispute: Record<string, unknown>): Promise<string | undefined> {
+  const pi = str(dispute, 'payment_intent');
+  if (pi !== null) {
+    const { rows } = await sql<{ organization_id: string }>`select organization_id from payments where payment_intent = ${pi}
+      union all select organization_id from checkout_sessions where payment_intent = ${pi} limit 1`.execute(deps.db);
+    if (rows[0]) return rows[0].organization_id;
+  }
+  const chargeId = str(dispute, 'charge');
+  if (chargeId === null) return undefined;
+  const charge = await deps.payments.getCharge(chargeId);
+  if (charge.customer === null) return undefined;
+  const { rows } = await sql<{ organization_id: string }>`select organization_id from billing_customers where stripe_customer_id = ${charge.customer}`.execute(deps.db);
   return rows[0]?.organization_id;
 }
 
 /** A dispute freezes the organization's sending at once (every claim checks it). */
-async function disputeOpened(trx: Tx, dispute: Record<string, unknown>): Promise<void> {
-  const pi = str(dispute, 'payment_intent');
-  const org = await orgOfPayment(trx, pi);
+async function disputeOpened(trx: Tx, dispute: Record<string, unknown>, org: string | undefined): Promise<void> {
   if (org === undefined) return;
-  await sql`insert into disputes (id, organization_id, payment_intent, status) values (${String(dispute.id)}, ${org}, ${pi}, 'open')
-    on conflict (id) do nothing`.execute(trx);
+  // known already (open, or closed by an event that came first): nothing more to do
+  const { rows } = await sql`insert into disputes (id, organization_id, payment_intent, status)
+    values (${String(dispute.id)}, ${org}, ${str(dispute, 'payment_intent')}, 'open') on conflict (id) do nothing returning id`.execute(trx);
+  if (rows.length === 0) return;
   await sql`update organizations set frozen_at = now(), frozen_by = 'dispute' where id = ${org} and frozen_at is null`.execute(trx);
 }
 
-/** Won: unfreeze once no dispute is open (an operator's freeze stays). Lost: the credits go back, it stays frozen. */
-async function disputeClosed(trx: Tx, dispute: Record<string, unknown>): Promise<void> {
-  const outcome = dispute.status === 'won' ? 'won' : 'lost';
-  const { rows } = await sql<{ organization_id: string; payment_intent: string | null }>`
+/** Won: unfreeze once no dispute is open (an operator's freeze stays). Lost: the credits go back, and only an operator unfreezes. */
+async function disputeClosed(trx: Tx, dispute: Record<string, unknown>, org: string | undefined): Promise<void> {
+  // 'won', and also 'warning_closed' / 'prevented' (no money lost): only 'lost' takes credits back
+  const outcome = dispute.status === 'lost' ? 'lost' : 'won';
+  let { rows } = await sql<{ organization_id: string; payment_intent: string | null }>`
     update disputes set status = ${outcome}, closed_at = now() where id = ${String(dispute.id)} and status = 'open'
     returning organization_id, payment_intent`.execute(trx);
+  if (rows.length === 0 && org !== undefined) {
+    // closed before its `created` event was handled: record the end, so the late `created` changes nothing
+    ({ rows } = await sql<{ organization_id: string; payment_intent: string | null }>`
+      insert into disputes (id, organization_id, payment_intent, status, closed_at)
+      values (${String(dispute.id)}, ${org}, ${str(dispute, 'payment_intent')}, ${outcome}, now())
+      on conflict (id) do nothing returning organization_id, payment_intent`.execute(trx));
+    if (outcome === 'won') rows = [];
+  }
   const d = rows[0];
   if (d === undefined) return;
-  if (outcome === 'lost' && d.payment_intent !== null) {
-    await refunded(trx, { payment_intent: d.payment_intent, amount_refunded: Number.MAX_SAFE_INTEGER });
+  if (outcome === 'lost') {
+    if (d.payment_intent !== null) await refunded(trx, { payment_intent: d.payment_intent, amount_refunded: Number.MAX_SAFE_INTEGER });
+    // the freeze now belongs to an operator: a later won dispute does not lift it
+    await sql`update organizations set frozen_at = coalesce(frozen_at, now()), frozen_by = 'operator' where id = ${d.organization_id}`.execute(trx);
     return;
   }
   const { rows: open } = await sql`select 1 from disputes where organization_id = ${d.organization_id} and status = 'open'`.execute(trx);

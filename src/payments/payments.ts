@@ -46,6 +46,8 @@ export interface Payments {
   createCheckout(request: CheckoutRequest): Promise<{ id: string; url: string }>;
   getSession(id: string): Promise<SessionView>;
   getSubscription(id: string): Promise<SubscriptionView>;
+  /** A charge's customer and payment intent (disputes on subscription charges carry only the charge). */
+  getCharge(id: string): Promise<{ customer: string | null; paymentIntent: string | null }>;
   /** Record the plan on the subscription (its metadata): the next renewal grants that plan's allowance. */
   setSubscriptionPlan(id: string, plan: string): Promise<void>;
   /** The verified event, or undefined when the signature, timestamp or body do not check out. */

@@ -75,6 +75,10 @@ export function createStripePayments(options: StripeOptions): Payments {
         metadata: (s.metadata ?? {}) as Record<string, string>,
       };
     },
+    async getCharge(id: string) {
+      const c = await stripe.charges.retrieve(id);
+      return { customer: idOf(c.customer), paymentIntent: idOf(c.payment_intent) };
+    },
     async setSubscriptionPlan(id: string, plan: string): Promise<void> {
       await stripe.subscriptions.update(id, { metadata: { item: plan } });
     },

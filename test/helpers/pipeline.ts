@@ -93,7 +93,8 @@ export async function startPipeline(
     log: silentLog,
     breakers: new Map(),
     retryDelayMs: () => 50,
-    lookupGraceMs: 0,
+    // "not at the carrier" is proof only after any live call ended: timeout 2 s + slot horizon 2 s
+    lookupGraceMs: 4_500,
     // short, so reconciliation in tests looks at a dead worker's messages quickly
     leaseMs: 2_000,
   };

@@ -153,7 +153,11 @@ export function billingRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
             if (action === 'freeze') {
               await sql`update organizations set frozen_at = coalesce(frozen_at, now()), frozen_by = 'operator' where id = ${org}`.execute(trx);
             } else {
-              await sql`update organizations set frozen_at = null, frozen_by = null where id = ${org}`.execute(trx);
+              // an open payment dispute keeps its own freeze
+              await sql`update organizations set
+                  frozen_at = case when exists (select 1 from disputes d where d.organization_id = ${org} and d.status = 'open') then coalesce(frozen_at, now()) end,
+                  frozen_by = case when exists (select 1 from disputes d where d.organization_id = ${org} and d.status = 'open') then 'dispute' end
+                where id = ${org}`.execute(trx);
               await messaging.scheduleDispatch(trx, org, { includeBlocked: true });
             }
             await tenancy.recordAudit(trx, actor, { action: `organization.${action}`, organizationId: org, targetType: 'organization', targetId: org, reason });
