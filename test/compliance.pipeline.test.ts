@@ -408,3 +408,28 @@ describe('GDPR', () => {
     expect(body.history.filter((h) => h.source === 'inbound_sms')).toHaveLength(4);
   });
 });
+
+describe('review fixes', () => {
+  it('a consent dated in the future is recorded as now, so a STOP after it wins', async () => {
+    const to = phone();
+    await grantConsent(to, ['marketing'], { occurred_at: new Date(Date.now() + 4 * 60_000).toISOString() });
+    expect(await p.simulator.sendInbound({ from: to, to: '+14155550100', body: 'STOP' })).toBe(200);
+    const res = await p.app.inject({ method: 'GET', url: `/v1/consents/${encodeURIComponent(to)}`, headers: bearer(p.tenant.workspaceKey) });
+    expect((res.json() as { state: Record<string, string> }).state.marketing).toBe('revoked');
+  });
+
+  it('a phone number can be the sender of one workspace only (inbound texts are routed by it)', async () => {
+    const { createTenant } = await import('./helpers/app.ts');
+    const other = await createTenant(p.app, p.op, 'Number Thief');
+    const res = await p.app.inject({ method: 'POST', url: '/v1/sender-numbers', headers: bearer(other.workspaceKey), payload: { phone_number: '+14155550100' } });
+    expect(res.statusCode).toBe(409);
+  });
+
+  it('an outcome for an earlier attempt never moves a message that is on a later one', async () => {
+    const res = await sendViaApi(p, { to: phone(), body: 'attempt guard' });
+    const m = await waitForStatus(p, res.json.id as string, ['sent', 'delivered']);
+    const { applyEventTo } = await import('../src/messaging/index.ts');
+    const moved = await applyEventTo(p.tdb.db, 'carrier_undelivered', [{ id: m.id, patch: { reason: 'stale', expect_attempts: m.attempts - 1 } }]);
+    expect(moved).toEqual([]);
+  });
+});

@@ -17,6 +17,7 @@ const row = (over: Partial<RuleRow> = {}): RuleRow => ({
   send_windows: {},
   consent_ok: true,
   campaign_running: true,
+  campaign_ended: false,
   subscription_ok: true,
   ...over,
 });

@@ -39,7 +39,8 @@ export async function appendConsentEvents(db: DbOrTx, events: readonly NewConsen
   const { rows } = await sql<ConsentEventRow>`
     insert into consent_events (organization_id, workspace_id, phone_hash, phone, purpose, action, source, evidence, actor, occurred_at)
     select x.organization_id, x.workspace_id, credence_phone_hash(x.phone), x.phone, x.purpose, x.action, x.source,
-      coalesce(x.evidence, '{}'::jsonb), x.actor, coalesce(x.occurred_at, now())
+      -- never in the future: a grant dated ahead would outrank a STOP that comes after it
+      coalesce(x.evidence, '{}'::jsonb), x.actor, least(coalesce(x.occurred_at, now()), now())
     from jsonb_to_recordset(${JSON.stringify(events)}::jsonb) as x(organization_id text, workspace_id text, phone text, purpose text,
       action text, source text, evidence jsonb, actor text, occurred_at timestamptz)
     returning seq, organization_id, workspace_id, phone, purpose, action, source, evidence, actor, occurred_at, recorded_at`

@@ -92,6 +92,7 @@ export function buildTaskList(deps: TaskDeps): TaskList {
 
 export const CRONTAB = [
   '0 * * * * ledger_verify ?max=1',
-  '* * * * * reconcile ?max=1',
+  // one reconciliation at a time (a long run must not overlap the next minute's)
+  '* * * * * reconcile ?max=1&queue=reconcile',
   '* * * * * sweep ?max=1',
 ].join('\n');

@@ -26,13 +26,20 @@ export const CAMPAIGN_CLAIMABLE = sql`(m.campaign_id is null or exists (
   select 1 from campaigns cg where cg.id = m.campaign_id
     and (cg.status = 'running' or (cg.status = 'paused' and cg.pause_reason = 'insufficient_credits'))))`;
 
+/** The campaign has ended (cancelled or completed): its stragglers are skipped, never left blocked. */
+export const CAMPAIGN_ENDED = sql`(m.campaign_id is not null and exists (
+  select 1 from campaigns cg where cg.id = m.campaign_id and cg.status in ('cancelled', 'completed')))`;
+
 export type PauseReason = 'manual' | 'insufficient_credits' | 'workspace_disabled' | 'subscription_inactive' | 'error_threshold';
 
 /** Pause running campaigns (no-op for the others); returns the ids paused. */
 export async function pauseCampaigns(trx: Tx, campaignIds: readonly string[], reason: PauseReason, actor: string): Promise<string[]> {
   if (campaignIds.length === 0) return [];
-  // Every claim of these campaigns commits before us, or sees the pause.
-  await sql`select id from messages where campaign_id = any(${[...campaignIds]}::text[]) and status = 'queued' order by id for update`.execute(trx);
+  // Every claim of these campaigns commits before us, or sees the pause: lock
+  // what is queued, and what may become queued while we run (being dispatched,
+  // or back from the carrier for a retry).
+  await sql`select id from messages where campaign_id = any(${[...campaignIds]}::text[])
+    and status in ('planned', 'queued', 'sending') order by id for update`.execute(trx);
   const { rows } = await sql<{ id: string }>`
     with p as (
       update campaigns set status = 'paused', pause_reason = ${reason}, updated_at = now()

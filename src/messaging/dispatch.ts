@@ -4,7 +4,7 @@ import type { Db, Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { newId } from '../shared/ids.ts';
 import * as store from './messages.store.ts';
-import { CAMPAIGN_CLAIMABLE, CAMPAIGN_RUNNING, pauseCampaigns } from './campaignGate.ts';
+import { CAMPAIGN_CLAIMABLE, CAMPAIGN_ENDED, CAMPAIGN_RUNNING, pauseCampaigns } from './campaignGate.ts';
 import { decide, type RuleColumns } from './rules.ts';
 
 export const DISPATCH_BATCH = 500;
@@ -17,6 +17,7 @@ export function ruleColumns(stage: 'dispatch' | 'claim') {
   return sql`w.sms_enabled, w.home_country, w.allowed_countries, w.send_windows,
   credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer) as consent_ok,
   ${stage === 'dispatch' ? CAMPAIGN_RUNNING : CAMPAIGN_CLAIMABLE} as campaign_running,
+  ${CAMPAIGN_ENDED} as campaign_ended,
   credence_subscription_ok(m.organization_id) as subscription_ok`;
 }
 

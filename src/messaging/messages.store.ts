@@ -121,6 +121,8 @@ export interface Patch {
   lease_until?: string | null;
   /** event details, stored on the message_event only */
   details?: Record<string, unknown>;
+  /** apply only if the message is still on this attempt (an outcome of attempt n never moves attempt n+1) */
+  expect_attempts?: number;
 }
 
 const PATCHABLE = ['next_attempt_at', 'reservation_id', 'provider_sid', 'provider_status', 'error_code', 'lease_until'] as const;
@@ -156,6 +158,7 @@ export async function applyEvent(
     ), old as (
       select m.id, m.status from messages m join input on input.id = m.id
       where m.status = any(${from}::text[])
+        and (not (input.p ? 'expect_attempts') or m.attempts = (input.p->>'expect_attempts')::int)
         ${options.providerSid === undefined ? sql`` : sql`and (m.provider_sid is null or m.provider_sid = ${options.providerSid})`}
       for update of m
     ), upd as (

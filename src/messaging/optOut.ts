@@ -21,8 +21,10 @@ export async function applyOptOut(
     source: 'inbound_sms' | 'carrier_opt_out';
     evidence: Record<string, unknown>;
     actor: string;
+    /** leave the credits of the skipped messages to the caller (who releases them after its other row locks) */
+    deferRelease?: boolean;
   },
-): Promise<{ skipped: number }> {
+): Promise<{ skipped: number; waiting: Pick<store.MessageRow, 'organization_id' | 'reservation_id'>[] }> {
   await consent.appendConsentEvents(
     trx,
     consent.CONSENT_PURPOSES.map((purpose) => ({
@@ -47,10 +49,8 @@ export async function applyOptOut(
     rows.map((m) => ({ id: m.id, patch: { reason: 'no_consent', reservation_id: null, details: { opt_out: input.source } } })),
   );
   const movedIds = new Set(moved.map((m) => m.id));
-  await releaseFor(
-    trx,
-    rows.filter((m) => movedIds.has(m.id)),
-    'recipient opted out',
-  );
-  return { skipped: moved.length };
+  const waiting = rows.filter((m) => movedIds.has(m.id));
+  if (input.deferRelease) return { skipped: moved.length, waiting };
+  await releaseFor(trx, waiting, 'recipient opted out');
+  return { skipped: moved.length, waiting: [] };
 }

@@ -13,7 +13,7 @@ import type { MessageRow } from './messages.store.ts';
 export type SendDecision =
   | { action: 'go' }
   | { action: 'block'; reason: string }
-  | { action: 'skip'; reason: 'country_not_allowed' | 'no_consent' }
+  | { action: 'skip'; reason: 'country_not_allowed' | 'no_consent' | 'campaign_cancelled' }
   | { action: 'defer'; reason: 'quiet_hours'; until: Date };
 
 /** The workspace columns and derived flags each candidate row is read with. */
@@ -25,6 +25,8 @@ export interface RuleColumns {
   /** credence_consent_allows(…) evaluated in the same statement that locked the row */
   consent_ok: boolean;
   campaign_running: boolean;
+  /** its campaign was cancelled or completed */
+  campaign_ended: boolean;
   subscription_ok: boolean;
 }
 
@@ -44,6 +46,8 @@ export function policyFor(row: RuleRow): SendPolicy {
 }
 
 export function decide(row: RuleRow, gates: GateContext, now: Date): SendDecision {
+  // a message of a campaign that has ended will never go: done, not blocked
+  if (row.campaign_ended) return { action: 'skip', reason: 'campaign_cancelled' };
   const gate = checkGates({ ...gates, campaignRunning: row.campaign_running, subscriptionOk: row.subscription_ok });
   if (!gate.pass) return { action: 'block', reason: gate.reason };
   if (!countryAllowed(row.country, allowedCountries(row))) return { action: 'skip', reason: 'country_not_allowed' };

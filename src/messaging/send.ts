@@ -283,7 +283,14 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
       case 'accepted':
         accepted.push({
           id: m.id,
-          patch: { provider_sid: o.providerSid, provider_status: o.providerStatus, lease_until: null, reason: null, details: { attempt: m.attempts, segments: o.segments } },
+          patch: {
+            provider_sid: o.providerSid,
+            provider_status: o.providerStatus,
+            lease_until: null,
+            reason: null,
+            expect_attempts: m.attempts,
+            details: { attempt: m.attempts, segments: o.segments },
+          },
         });
         if (o.segments !== null && o.segments > m.segments) extraSegments.push({ m, carrierSegments: o.segments });
         break;
@@ -292,7 +299,7 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
         const details = { attempt: m.attempts, error_code: o.errorCode, http_status: o.httpStatus, message: o.message };
         if (rule.optOut) optOuts.push(m);
         if (rule.class === 'permanent') {
-          failed.push({ id: m.id, patch: { reason: 'carrier_error', error_code: o.errorCode, lease_until: null, details } });
+          failed.push({ id: m.id, patch: { reason: 'carrier_error', error_code: o.errorCode, lease_until: null, expect_attempts: m.attempts, details } });
         } else {
           planRetry(m, random, details, retry, failed, o.errorCode, deps.retryDelayMs);
         }
@@ -303,10 +310,14 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
         break;
       case 'circuit_open':
         // Not attempted: try again when the breaker lets a probe through.
-        retry.push({ id: m.id, at: o.retryAt, patch: { reason: 'circuit_open', next_attempt_at: new Date(o.retryAt).toISOString(), lease_until: null } });
+        retry.push({
+          id: m.id,
+          at: o.retryAt,
+          patch: { reason: 'circuit_open', next_attempt_at: new Date(o.retryAt).toISOString(), lease_until: null, expect_attempts: m.attempts },
+        });
         break;
       case 'unknown':
-        unknown.push({ id: m.id, patch: { reason: 'no_answer', details: { attempt: m.attempts, reason: o.reason } } });
+        unknown.push({ id: m.id, patch: { reason: 'no_answer', expect_attempts: m.attempts, details: { attempt: m.attempts, reason: o.reason } } });
         break;
       default: {
         const never: never = o;
@@ -316,21 +327,39 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
   }
 
   await deps.db.transaction().execute(async (trx) => {
-    // 21610: the person has opted out at the carrier. First in this
-    // transaction (it locks their waiting messages before any account lock).
+    // Lock order: message rows first (this batch, then opted-out numbers'
+    // waiting messages), every ledger call (the account row) last.
+    const byId = new Map(attempts.map((a) => [a.message.id, a.message]));
+    const movedAccepted = new Set((await store.applyEvent(trx, 'accepted', accepted)).map((x) => x.id));
+    const movedFailed = await store.applyEvent(trx, 'rejected', failed);
+    const movedRetry = new Set((await store.applyEvent(trx, 'retry', retry)).map((x) => x.id));
+    // one job per second of retry time, not one per message
+    for (const [at, group] of groupBy(retry.filter((r) => movedRetry.has(r.id)), (r) => String(Math.ceil(r.at / 1000) * 1000))) {
+      await addJob(trx, 'send', { messageIds: group.map((r) => r.id) }, { runAt: new Date(Number(at)), maxAttempts: 10 });
+    }
+    await store.applyEvent(trx, 'no_answer', unknown);
+    // 21610: the person has opted out at the carrier.
+    const toRelease: Pick<store.MessageRow, 'organization_id' | 'reservation_id'>[] = movedFailed.map((x) => byId.get(x.id)!);
     for (const m of optOuts) {
-      await applyOptOut(trx, {
+      const { waiting } = await applyOptOut(trx, {
         organizationId: m.organization_id,
         workspaceId: m.workspace_id,
         phone: m.to_number,
         source: 'carrier_opt_out',
         evidence: { message_id: m.id, error_code: 21610 },
         actor: 'carrier',
+        deferRelease: true,
       });
+      toRelease.push(...waiting);
     }
-    const byId = new Map(attempts.map((a) => [a.message.id, a.message]));
-    const movedAccepted = await store.applyEvent(trx, 'accepted', accepted);
-    for (const { m, carrierSegments } of extraSegments.filter((e) => movedAccepted.some((x) => x.id === e.m.id))) {
+    // Every message of the batch the carrier has: accepted just now, or
+    // already moved on by a status callback (callbacks leave capture to this
+    // step, even when our own call timed out).
+    const { rows: carried } = await sql<store.MessageRow>`select m.* from messages m
+      join credit_reservations r on r.id = m.reservation_id and r.state = 'open'
+      where m.id = any(${attempts.map((a) => a.message.id)}::text[]) and m.status in ('sent', 'delivered', 'undelivered')`.execute(trx);
+    const carriedIds = new Set(carried.map((m) => m.id));
+    for (const { m, carrierSegments } of extraSegments.filter((e) => movedAccepted.has(e.m.id) || carriedIds.has(e.m.id))) {
       // The carrier counted more segments than we priced: charge the difference
       // as an adjustment (it goes to debt rather than below zero).
       const priceList = await organizationPriceList(trx, m.organization_id);
@@ -344,21 +373,7 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
         messageId: m.id,
       });
     }
-    const movedFailed = await store.applyEvent(trx, 'rejected', failed);
-    await releaseFor(trx, movedFailed.map((x) => byId.get(x.id)!), 'carrier rejected');
-    const movedRetry = new Set((await store.applyEvent(trx, 'retry', retry)).map((x) => x.id));
-    // one job per second of retry time, not one per message
-    for (const [at, group] of groupBy(retry.filter((r) => movedRetry.has(r.id)), (r) => String(Math.ceil(r.at / 1000) * 1000))) {
-      await addJob(trx, 'send', { messageIds: group.map((r) => r.id) }, { runAt: new Date(Number(at)), maxAttempts: 10 });
-    }
-    await store.applyEvent(trx, 'no_answer', unknown);
-    // Capture, in one ledger call, every message of the batch the carrier
-    // has: those accepted just now, and those a status callback already
-    // moved on (callbacks leave capture to this step, even when our own call
-    // timed out).
-    const { rows: carried } = await sql<store.MessageRow>`select m.* from messages m
-      join credit_reservations r on r.id = m.reservation_id and r.state = 'open'
-      where m.id = any(${attempts.map((a) => a.message.id)}::text[]) and m.status in ('sent', 'delivered', 'undelivered')`.execute(trx);
+    await releaseFor(trx, toRelease, 'carrier rejected, or the recipient opted out');
     await captureFor(trx, carried, 'carrier accepted');
     // campaigns of this batch: completion and error threshold are looked at soon
     await scheduleCampaignCheck(
@@ -383,9 +398,13 @@ function planRetry(
   const r = random();
   const decision = retryDecision(m.attempts, r);
   if (!decision.retry) {
-    failed.push({ id: m.id, patch: { reason: 'attempts_exhausted', error_code: errorCode, lease_until: null, details } });
+    failed.push({ id: m.id, patch: { reason: 'attempts_exhausted', error_code: errorCode, lease_until: null, expect_attempts: m.attempts, details } });
     return;
   }
   const at = Date.now() + (delay ? delay(m.attempts, r) : decision.delayMs);
-  retry.push({ id: m.id, at, patch: { reason: 'transient_error', error_code: errorCode, next_attempt_at: new Date(at).toISOString(), lease_until: null, details } });
+  retry.push({
+    id: m.id,
+    at,
+    patch: { reason: 'transient_error', error_code: errorCode, next_attempt_at: new Date(at).toISOString(), lease_until: null, expect_attempts: m.attempts, details },
+  });
 }

@@ -57,8 +57,9 @@ export async function addSenderNumber(
     if (makeDefault) await sql`update sender_numbers set is_default = false where workspace_id = ${scope.workspaceId} and is_default`.execute(trx);
     const { rows } = await sql<SenderRow>`insert into sender_numbers (id, organization_id, workspace_id, phone_number, kind, mps, is_default)
       values (${newId('num')}, ${scope.organizationId}, ${scope.workspaceId}, ${number}, ${kind}, ${mps}, ${makeDefault})
-      on conflict (workspace_id, phone_number) do nothing returning *`.execute(trx);
-    if (rows[0] === undefined) throw new DomainError('conflict', `${number} is already a sender number of this workspace.`);
+      on conflict do nothing returning *`.execute(trx);
+    // unique per workspace, and (for phone numbers) across workspaces: inbound texts are routed by the number
+    if (rows[0] === undefined) throw new DomainError('conflict', `${number} is already a sender number (here or in another workspace).`);
     return toSender(rows[0]);
   };
   return db.isTransaction ? run(db as Tx) : db.transaction().execute(run);

@@ -48,7 +48,9 @@ export async function applyCarrierReport(trx: Tx, message: store.MessageRow, rep
   // callback); if that worker died, reconciliation captures it. A message
   // the worker left `unknown` has nobody else to capture it, and an
   // undelivered one must be captured before its refund.
-  if (step.from_status === 'unknown' || (step.from_status === 'sending' && event === 'carrier_undelivered')) {
+  // Undelivered is always captured first (its refund needs a captured
+  // reservation; capturing one already captured is refused, harmlessly).
+  if (step.from_status === 'unknown' || event === 'carrier_undelivered') {
     await captureFor(trx, [message], `carrier reported ${report.status}`);
   }
   if (event === 'carrier_undelivered' && message.reservation_id !== null) {
@@ -176,12 +178,15 @@ export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileR
       }
       if (lookedUp && age >= (deps.lookupGraceMs ?? LOOKUP_GRACE_MS)) {
         if (m.attempts >= MAX_ATTEMPTS) {
-          const moved = await store.applyEvent(trx, 'rejected', [{ id: m.id, patch: { reason: 'attempts_exhausted', lease_until: null, details: { source: 'reconciliation' } } }]);
+          const moved = await store.applyEvent(trx, 'rejected', [
+            { id: m.id, patch: { reason: 'attempts_exhausted', lease_until: null, expect_attempts: m.attempts, details: { source: 'reconciliation' } } },
+          ]);
           await releaseFor(trx, moved.length ? [m] : [], 'not at the carrier, attempts exhausted');
           return;
         }
         const moved = await store.applyEvent(trx, 'not_at_carrier', [
-          { id: m.id, patch: { reason: 'not_at_carrier', lease_until: null, next_attempt_at: null, details: { source: 'reconciliation' } } },
+          // only the attempt we looked up: a newer attempt may be at the carrier by now
+          { id: m.id, patch: { reason: 'not_at_carrier', lease_until: null, next_attempt_at: null, expect_attempts: m.attempts, details: { source: 'reconciliation' } } },
         ]);
         if (moved.length > 0) {
           await enqueueSends(trx, [m.id]);
