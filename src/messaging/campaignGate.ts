@@ -33,13 +33,15 @@ export const CAMPAIGN_ENDED = sql`(m.campaign_id is not null and exists (
 export type PauseReason = 'manual' | 'insufficient_credits' | 'workspace_disabled' | 'subscription_inactive' | 'error_threshold';
 
 /** Pause running campaigns (no-op for the others); returns the ids paused. */
-export async function pauseCampaigns(trx: Tx, campaignIds: readonly string[], reason: PauseReason, actor: string): Promise<string[]> {
+export async function pauseCampaigns(
+  trx: Tx,
+  campaignIds: readonly string[],
+  reason: PauseReason,
+  actor: string,
+  options: { lockMessages?: boolean } = {},
+): Promise<string[]> {
   if (campaignIds.length === 0) return [];
-  // Every claim of these campaigns commits before us, or sees the pause: lock
-  // what is queued, and what may become queued while we run (being dispatched,
-  // or back from the carrier for a retry).
-  await sql`select id from messages where campaign_id = any(${[...campaignIds]}::text[])
-    and status in ('planned', 'queued', 'sending') order by id for update`.execute(trx);
+  if (options.lockMessages !== false) await lockWaiting(trx, campaignIds);
   const { rows } = await sql<{ id: string }>`
     with p as (
       update campaigns set status = 'paused', pause_reason = ${reason}, updated_at = now()
@@ -63,4 +65,14 @@ export async function scheduleCampaignCheck(trx: Tx, campaignIds: readonly strin
       { jobKey: `campaign_check:${id}`, jobKeyMode: 'preserve_run_at', runAt: new Date(Date.now() + delayMs), maxAttempts: 25 },
     );
   }
+}
+
+/**
+ * Every claim of these campaigns commits before the pause, or sees it: lock
+ * what is queued, and what may become queued meanwhile (being dispatched, or
+ * back from the carrier for a retry).
+ */
+async function lockWaiting(trx: Tx, campaignIds: readonly string[]): Promise<void> {
+  await sql`select id from messages where campaign_id = any(${[...campaignIds]}::text[])
+    and status in ('planned', 'queued', 'sending') order by id for update`.execute(trx);
 }

@@ -133,7 +133,29 @@ export async function dispatchOrganization(
           actor: { type: 'system', id: 'dispatch' },
         });
         const byId = new Map(toReserve.map((m) => [m.id, m]));
-        const reserved = result.reserved.map((r) => ({ id: r.message_id, patch: { reservation_id: r.reservation_id, reason: null } }));
+        // Another dispatch run may have paused a campaign while we waited for
+        // the account lock: its later messages must not slip past the
+        // paid-for prefix (a fresh statement sees that pause).
+        const campaignIds = [...new Set(result.reserved.flatMap((r) => byId.get(r.message_id)?.campaign_id ?? []))];
+        const { rows: stopped } = campaignIds.length
+          ? await sql<{ id: string; pause_reason: string | null }>`select id, pause_reason from campaigns where id = any(${campaignIds}::text[]) and status <> 'running'`.execute(trx)
+          : { rows: [] };
+        const stoppedReason = new Map(stopped.map((c) => [c.id, c.pause_reason === 'insufficient_credits' ? 'insufficient_credits' : 'campaign_paused']));
+        const late = result.reserved.filter((r) => stoppedReason.has(byId.get(r.message_id)?.campaign_id ?? ''));
+        if (late.length > 0) {
+          await credits.release(trx, {
+            organizationId,
+            reservationIds: late.map((r) => r.reservation_id),
+            idempotencyKey: `release:${newId('rsv')}`,
+            actor: { type: 'system', id: 'dispatch' },
+            reason: 'campaign paused while this dispatch waited',
+          });
+          for (const r of late) toBlock.push({ id: r.message_id, patch: { reason: stoppedReason.get(byId.get(r.message_id)!.campaign_id!)! } });
+        }
+        const lateIds = new Set(late.map((r) => r.message_id));
+        const reserved = result.reserved
+          .filter((r) => !lateIds.has(r.message_id))
+          .map((r) => ({ id: r.message_id, patch: { reservation_id: r.reservation_id, reason: null } }));
         await store.applyEvent(trx, 'reserved', reserved);
         for (const nr of result.not_reserved) {
           const m = byId.get(nr.message_id);
@@ -161,7 +183,9 @@ export async function dispatchOrganization(
         const campaigns = new Set(
           toBlock.filter((b) => b.patch.reason === reason).flatMap((b) => byId.get(b.id)?.campaign_id ?? []),
         );
-        await pauseCampaigns(trx, [...campaigns], pause, 'dispatch');
+        // no row locks here: this transaction already holds the account lock, and
+        // every one of these reasons is re-checked (or allowed) at claim anyway
+        await pauseCampaigns(trx, [...campaigns], pause, 'dispatch', { lockMessages: false });
       }
       return { rows };
     });
