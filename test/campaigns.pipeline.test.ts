@@ -163,3 +163,42 @@ describe('lifecycle', () => {
     expect(start.statusCode).toBe(404);
   });
 });
+
+describe('manual pause of a campaign that paused itself for credits', () => {
+  it('stops its paid-for prefix too, and credits arriving do not resume it', async () => {
+    const audience = await makeAudience(p, 20, { firstPhone: 9000 });
+    const { rows } = await sql<{ available: number }>`select (allowance_available + purchased_available)::int as available
+      from credit_accounts where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+    // spend everything but 10: the campaign pays for 10 of 20, then pauses itself
+    const spare = (rows[0]?.available ?? 0) - 10;
+    if (spare > 0) {
+      await credits.adjust(p.tdb.db, { organizationId: p.tenant.organizationId, amount: -spare, reason: 'test', idempotencyKey: `spend-${Date.now()}`, actor: { type: 'system', id: 'test' } });
+    }
+    await p.app.inject({ method: 'POST', url: '/v1/sender-numbers', headers: bearer(p.tenant.workspaceKey), payload: { phone_number: '+14155550133', mps: 2 } });
+    const { id } = await createCampaign(p, audience.listId, { from: '+14155550133' });
+    await campaignAction(p, id, 'start');
+    await waitForCampaign(p, id, (c) => c.status === 'paused' && c.pause_reason === 'insufficient_credits');
+    const manual = await campaignAction(p, id, 'pause');
+    expect(manual.statusCode).toBe(200);
+    expect(manual.json.pause_reason).toBe('manual');
+    const claims = async () => {
+      const { rows: r } = await sql<{ n: number }>`select count(*)::int as n from message_events e join messages m on m.id = e.message_id
+        where m.campaign_id = ${id} and e.event = 'claim'`.execute(p.tdb.db);
+      return r[0]!.n;
+    };
+    const claimedAtPause = await claims();
+    expect(claimedAtPause).toBeLessThan(10);
+    const grant = await p.app.inject({
+      method: 'POST',
+      url: `/v1/organizations/${p.tenant.organizationId}/credits/grants`,
+      headers: bearer(p.op),
+      payload: { amount: 100, reason: 'top-up', idempotency_key: `manual-pause-${id}` },
+    });
+    expect(grant.statusCode).toBe(201);
+    await new Promise((r) => setTimeout(r, 2_500));
+    // what was claimed before the pause goes (it may be waiting for its rate slot); nothing else
+    expect(await claims()).toBe(claimedAtPause);
+    expect(p.simulator.log().filter((e) => e.from === '+14155550133').length).toBe(claimedAtPause);
+    expect((await campaignRow(p, id)).status).toBe('paused');
+  }, 60_000);
+});

@@ -225,4 +225,13 @@ export async function checkCampaign(deps: { db: Db; log: Logger }, campaignId: s
 export async function sweepCampaigns(trx: Tx): Promise<void> {
   const { rows } = await sql<{ id: string }>`select id from campaigns where status = 'running'`.execute(trx);
   for (const r of rows) await scheduleCheck(trx, r.id, 0);
+  // A pause for the subscription that raced its reopening (the reopening
+  // could not see it yet): resume it now that the gate is open.
+  const { rows: reopened } = await sql<{ organization_id: string }>`select distinct organization_id from campaigns
+    where status = 'paused' and pause_reason = 'subscription_inactive' and credence_subscription_ok(organization_id)`.execute(trx);
+  for (const r of reopened) {
+    if ((await resumeCampaignsForSubscription(trx, r.organization_id, 'sweep')).length > 0) {
+      await messaging.scheduleDispatch(trx, r.organization_id, { includeBlocked: true });
+    }
+  }
 }

@@ -44,12 +44,15 @@ export async function pauseCampaigns(
   if (options.lockMessages !== false) await lockWaiting(trx, campaignIds);
   const { rows } = await sql<{ id: string }>`
     with p as (
-      update campaigns set status = 'paused', pause_reason = ${reason}, updated_at = now()
-      where id = any(${[...campaignIds]}::text[]) and status = 'running'
-      returning id
+      update campaigns c set status = 'paused', pause_reason = ${reason}, updated_at = now()
+      where id = any(${[...campaignIds]}::text[])
+        and (status = 'running'
+          -- a campaign that paused itself for credits still sends its paid-for prefix: a manual pause stops that too
+          or (${reason} = 'manual' and status = 'paused' and pause_reason = 'insufficient_credits'))
+      returning id, (select status from campaigns o where o.id = c.id) as old_status
     ), ev as (
       insert into campaign_events (campaign_id, event, from_status, to_status, reason, actor)
-      select id, 'pause', 'running', 'paused', ${reason}, ${actor} from p
+      select id, 'pause', old_status, 'paused', ${reason}, ${actor} from p
     )
     select id from p`.execute(trx);
   return rows.map((r) => r.id);
