@@ -146,7 +146,11 @@ describe('disputes and subscriptions act on sending at the next claim', () => {
     expect((billing.json() as { can_send: boolean }).can_send).toBe(false);
     await sim().closeDispute(dispute, 'won');
     await sim().flush();
-    await waitForCampaign(p, cmp, (c) => c.status === 'completed', 60_000);
+    await waitForCampaign(p, cmp, (c) => c.status === 'completed', 60_000).catch(async (err: Error) => {
+      const { rows: diag } = await sql`select status, status_reason, count(*)::int as n from messages where campaign_id = ${cmp} group by 1, 2`.execute(p.tdb.db);
+      const { rows: org } = await sql`select frozen_at, frozen_by from organizations where id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+      throw new Error(`${err.message}: ${JSON.stringify(diag)} ${JSON.stringify(org)} ${JSON.stringify(await waitForCampaign(p, cmp, () => true))}`);
+    });
     const recs = await recipients(p, cmp);
     for (const r of recs) expect(p.simulator.log().filter((e) => e.to === r.phone), `seq ${r.seq}`).toHaveLength(1);
   }, 90_000);

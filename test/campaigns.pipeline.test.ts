@@ -140,7 +140,9 @@ describe('lifecycle', () => {
     expect(prog.credits.reserved).toBe(0);
     expect(prog.by_status.skipped).toBeGreaterThan(0);
     const sent = p.simulator.log().filter((e) => e.from === '+14155550188').length;
-    expect(sent).toBe(atPause);
+    // claimed before the pause: sent, or withdrawn if it was still waiting for its rate slot
+    expect(sent).toBeLessThanOrEqual(atPause);
+    expect(sent).toBeGreaterThanOrEqual(3);
     expect((await campaignRow(p, id)).status).toBe('cancelled');
     expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
   }, 90_000);
@@ -196,9 +198,9 @@ describe('manual pause of a campaign that paused itself for credits', () => {
     });
     expect(grant.statusCode).toBe(201);
     await new Promise((r) => setTimeout(r, 2_500));
-    // what was claimed before the pause goes (it may be waiting for its rate slot); nothing else
+    // nothing is claimed after the pause; what was claimed and still waiting for its rate slot is withdrawn
     expect(await claims()).toBe(claimedAtPause);
-    expect(p.simulator.log().filter((e) => e.from === '+14155550133').length).toBe(claimedAtPause);
+    expect(p.simulator.log().filter((e) => e.from === '+14155550133').length).toBeLessThanOrEqual(claimedAtPause);
     expect((await campaignRow(p, id)).status).toBe('paused');
   }, 60_000);
 });

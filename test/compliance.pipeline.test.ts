@@ -181,7 +181,9 @@ describe('STOP arriving while messages to that number are being sent', () => {
     expect(skipped!.n).toBeGreaterThan(0);
     const sent = rows.filter((r) => r.status !== 'skipped').reduce((s, r) => s + r.n, 0);
     expect(carrierCopies(to)).toBe(sent);
-    expect(sent).toBe(atStop);
+    // claimed before the STOP: sent, or withdrawn (skipped) if it was still waiting for its rate slot
+    expect(sent).toBeLessThanOrEqual(atStop);
+    expect(sent).toBeGreaterThanOrEqual(3);
     // the other numbers were not affected
     const { rows: other } = await sql<{ n: number }>`select count(*)::int as n from messages where id = any(${ids}::text[])
       and to_number <> ${to} and status = 'skipped'`.execute(p.tdb.db);

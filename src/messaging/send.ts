@@ -8,7 +8,7 @@ import { newId } from '../shared/ids.ts';
 import type { Logger } from '../shared/logger.ts';
 import { type BreakerState, breakerAllows, breakerRecord, CLOSED } from './breaker.ts';
 import { classifyCarrierError } from './carrierErrors.ts';
-import { CAMPAIGN_CLAIMABLE, scheduleCampaignCheck } from './campaignGate.ts';
+import { CAMPAIGN_CLAIMABLE, CAMPAIGN_ENDED, scheduleCampaignCheck } from './campaignGate.ts';
 import { ruleColumns, scheduleDeferred } from './dispatch.ts';
 import { applyLimits, countHourlySends, type LimitRow } from './limits.ts';
 import { applyOptOut } from './optOut.ts';
@@ -228,7 +228,30 @@ function groupBy<T>(items: readonly T[], key: (t: T) => string): Map<string, T[]
 
 interface Attempt {
   message: store.MessageRow;
-  outcome: SendOutcome | { outcome: 'circuit_open'; retryAt: number };
+  outcome: SendOutcome | { outcome: 'circuit_open'; retryAt: number } | { outcome: 'withdrawn'; reason: string; terminal: boolean };
+}
+
+/**
+ * A claimed message that waited for its sender's rate slot is looked at once
+ * more right before the carrier call: a STOP, a pause, a freeze or a closed
+ * subscription that committed while it waited still stops it (G5, G6).
+ */
+async function stillMayGo(deps: SendDeps, m: store.MessageRow): Promise<{ ok: true } | { ok: false; reason: string; terminal: boolean }> {
+  const { rows } = await sql<{ consent: boolean; campaign: boolean; ended: boolean; frozen: boolean; subscription: boolean; enabled: boolean }>`
+    select credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer) as consent,
+      ${CAMPAIGN_CLAIMABLE} as campaign, ${CAMPAIGN_ENDED} as ended,
+      o.frozen_at is not null as frozen, credence_subscription_ok(m.organization_id) as subscription, w.sms_enabled as enabled
+    from messages m join organizations o on o.id = m.organization_id join workspaces w on w.id = m.workspace_id
+    where m.id = ${m.id}`.execute(deps.db);
+  const r = rows[0];
+  if (r === undefined) return { ok: false, reason: 'not_found', terminal: true };
+  if (!r.consent) return { ok: false, reason: 'no_consent', terminal: true };
+  if (r.ended) return { ok: false, reason: 'campaign_cancelled', terminal: true };
+  if (!r.campaign) return { ok: false, reason: 'campaign_paused', terminal: false };
+  if (r.frozen) return { ok: false, reason: 'organization_frozen', terminal: false };
+  if (!r.subscription) return { ok: false, reason: 'subscription_inactive', terminal: false };
+  if (!r.enabled) return { ok: false, reason: 'workspace_disabled', terminal: false };
+  return { ok: true };
 }
 
 /**
@@ -247,7 +270,11 @@ export async function sendBatch(deps: SendDeps, messageIds: readonly string[]): 
 
 async function attemptOne(deps: SendDeps, c: Claimed): Promise<Attempt> {
   const wait = c.notBefore - Date.now();
-  if (wait > 0) await sleep(wait);
+  if (wait > 0) {
+    await sleep(wait);
+    const check = await stillMayGo(deps, c.message);
+    if (!check.ok) return { message: c.message, outcome: { outcome: 'withdrawn', reason: check.reason, terminal: check.terminal } };
+  }
   const account = deps.carrier.accountId;
   const gate = breakerAllows(deps.breakers.get(account) ?? CLOSED, Date.now());
   deps.breakers.set(account, gate.next);
@@ -275,6 +302,8 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
   const failed: { id: string; patch: store.Patch }[] = [];
   const retry: { id: string; patch: store.Patch; at: number }[] = [];
   const unknown: { id: string; patch: store.Patch }[] = [];
+  const withdrawnBlock: { id: string; patch: store.Patch }[] = [];
+  const withdrawnSkip: { id: string; patch: store.Patch }[] = [];
   const extraSegments: { m: store.MessageRow; carrierSegments: number }[] = [];
   const optOuts: store.MessageRow[] = [];
 
@@ -308,6 +337,12 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
       case 'not_sent':
         planRetry(m, random, { attempt: m.attempts, reason: o.reason }, retry, failed, null, deps.retryDelayMs);
         break;
+      case 'withdrawn':
+        (o.terminal ? withdrawnSkip : withdrawnBlock).push({
+          id: m.id,
+          patch: { reason: o.reason, lease_until: null, reservation_id: null, expect_attempts: m.attempts, details: { attempt: m.attempts, withdrawn: true } },
+        });
+        break;
       case 'circuit_open':
         // Not attempted: try again when the breaker lets a probe through.
         retry.push({
@@ -338,8 +373,19 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
       await addJob(trx, 'send', { messageIds: group.map((r) => r.id) }, { runAt: new Date(Number(at)), maxAttempts: 10 });
     }
     await store.applyEvent(trx, 'no_answer', unknown);
+    const blockedNow = await store.applyEvent(trx, 'withdrawn_block', withdrawnBlock);
+    const withdrawn = [...blockedNow, ...(await store.applyEvent(trx, 'withdrawn_skip', withdrawnSkip))];
+    // The gate may reopen before this commits (its wake-up would miss them): look again shortly.
+    for (const org of new Set(blockedNow.map((x) => x.organization_id))) {
+      await addJob(
+        trx,
+        'dispatch',
+        { organizationId: org, includeBlocked: true },
+        { jobKey: `dispatch:${org}:withdrawn`, jobKeyMode: 'preserve_run_at', runAt: new Date(Date.now() + 3_000), maxAttempts: 25 },
+      );
+    }
     // 21610: the person has opted out at the carrier.
-    const toRelease: Pick<store.MessageRow, 'organization_id' | 'reservation_id'>[] = movedFailed.map((x) => byId.get(x.id)!);
+    const toRelease: Pick<store.MessageRow, 'organization_id' | 'reservation_id'>[] = [...movedFailed, ...withdrawn].map((x) => byId.get(x.id)!);
     for (const m of optOuts) {
       const { waiting } = await applyOptOut(trx, {
         organizationId: m.organization_id,

@@ -2,6 +2,7 @@ import { sql } from 'kysely';
 import type { CarrierMessage } from '../carriers/carrier.ts';
 import * as credits from '../credits/index.ts';
 import type { Tx } from '../db/db.ts';
+import { addJob } from '../jobs/enqueue.ts';
 import { enqueueSends } from './dispatch.ts';
 import * as store from './messages.store.ts';
 import { MAX_ATTEMPTS } from './retry.ts';
@@ -221,6 +222,23 @@ export async function sweep(trx: Tx, options: { staleQueuedMs?: number } = {}): 
   const { rows: lost } = await sql<{ id: string }>`select id from messages
     where status = 'queued' and coalesce(next_attempt_at, updated_at) < now() - ${stale}::interval limit 5000`.execute(trx);
   await enqueueSends(trx, lost.map((r) => r.id));
+  // Blocked by a gate that has reopened since (a block committed after the
+  // reopening's own wake-up): dispatch them again. Credits have their own
+  // wake-up (a purchase or grant), so insufficient_credits is not polled.
+  const { rows: reopened } = await sql<{ organization_id: string }>`select distinct m.organization_id from messages m
+    join organizations o on o.id = m.organization_id join workspaces w on w.id = m.workspace_id
+    where m.status = 'blocked'
+      and m.status_reason in ('organization_frozen', 'subscription_inactive', 'workspace_disabled', 'campaign_paused')
+      and o.frozen_at is null and w.sms_enabled and credence_subscription_ok(o.id)
+      and (m.campaign_id is null or exists (select 1 from campaigns c where c.id = m.campaign_id and c.status = 'running'))
+    limit 1000`.execute(trx);
+  for (const r of reopened) {
+    await addJob(trx, 'dispatch', { organizationId: r.organization_id, includeBlocked: true }, {
+      jobKey: `dispatch:${r.organization_id}:blocked`,
+      jobKeyMode: 'replace',
+      maxAttempts: 25,
+    });
+  }
   // hourly-cap counters older than the hour they count are of no further use
   await sql`delete from send_counters where minute < now() - interval '2 hours'`.execute(trx);
   return { organizations: orgs.map((o) => o.organization_id), resent: lost.length };

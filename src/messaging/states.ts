@@ -37,6 +37,9 @@ export const MESSAGE_EVENTS = {
   claim: { from: ['queued'], to: 'sending' },
   /** the gate closed between reservation and claim (pause, freeze, debt) */
   claim_refused: { from: ['queued'], to: 'blocked' },
+  /** a claimed message waiting for its rate slot saw a gate close before the carrier call: never sent */
+  withdrawn_block: { from: ['sending'], to: 'blocked' },
+  withdrawn_skip: { from: ['sending'], to: 'skipped' },
   /** the carrier answered: accepted */
   accepted: { from: ['sending', 'unknown'], to: 'sent' },
   /** the carrier answered with a permanent error, or retries ran out */
