@@ -313,3 +313,28 @@ describe('freezes: disputes and operators', () => {
     expect(await frozen()).toEqual({ frozen: true, by: 'dispute' });
   }, 60_000);
 });
+
+describe('fulfilment edge cases', () => {
+  it('a refund that came before fulfilment is taken into account; a session we never recorded is rebuilt from its metadata', async () => {
+    // close the freeze left by the dispute tests (operator) so balances are simple to read
+    await p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/unfreeze`, headers: bearer(p.op), payload: { reason: 'test' } });
+    const before = await account();
+    const id = await checkout('pack', 'standard'); // 500 credits for €12.50
+    sim().setWebhookUrl(undefined);
+    await sim().pay(id);
+    const { payment_intent: pi } = (await (await fetch(`${sim().url}/v1/checkout/sessions/${id}`, { headers: { authorization: `Bearer ${sim().secretKey}` } })).json()) as { payment_intent: string };
+    await sim().refund(await chargeOf(pi), 300); // 24 % refunded before we ever fulfilled
+    expect(await fetch(`${p.apiUrl}/billing/return?session_id=${id}`).then((r) => r.status)).toBe(200);
+    const after = await account();
+    expect(after.purchased - before.purchased).toBe(500 - 120);
+
+    // a session whose row was lost (a crash between Stripe and our insert)
+    const lost = await checkout('pack', 'starter');
+    await sql`delete from checkout_sessions where id = ${lost}`.execute(p.tdb.db);
+    await sim().pay(lost);
+    expect(await fetch(`${p.apiUrl}/billing/return?session_id=${lost}`).then((r) => r.status)).toBe(200);
+    expect((await account()).purchased - after.purchased).toBe(100);
+    sim().setWebhookUrl(`${p.apiUrl}/webhooks/stripe`);
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  });
+});

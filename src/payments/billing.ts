@@ -6,7 +6,8 @@ import * as messaging from '../messaging/index.ts';
 import { DomainError, validationError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { type Catalog, clawbackCredits } from './catalog.ts';
-import type { PaymentEvent, Payments } from './payments.ts';
+import type { PaymentEvent, Payments, SessionView } from './payments.ts';
+import { applyRefund } from './refunds.ts';
 
 /** What billing needs from the process (wired once in main.ts). */
 export interface BillingDeps {
@@ -68,12 +69,20 @@ export type FulfillResult = 'fulfilled' | 'already_fulfilled' | 'not_paid' | 'un
  * of the session decides whether it is paid (never the caller's payload).
  */
 export async function fulfillSession(deps: BillingDeps, sessionId: string): Promise<FulfillResult> {
-  const { rows: known } = await sql<{ status: string; organization_id: string }>`
-    select status, organization_id from checkout_sessions where id = ${sessionId}`.execute(deps.db);
-  if (known[0] === undefined) return 'unknown_session';
-  if (known[0].status === 'fulfilled') return 'already_fulfilled';
+  let { rows: known } = await sql<{ status: string; organization_id: string; kind: string }>`
+    select status, organization_id, kind from checkout_sessions where id = ${sessionId}`.execute(deps.db);
+  if (known[0]?.status === 'fulfilled') return 'already_fulfilled';
   const session = await deps.payments.getSession(sessionId);
+  if (known[0] === undefined) {
+    // Our row never got written (a crash between Stripe and our insert): rebuild it from the metadata we gave Stripe.
+    if (!(await rebuildSession(deps, session))) return 'unknown_session';
+    ({ rows: known } = await sql<{ status: string; organization_id: string; kind: string }>`
+      select status, organization_id, kind from checkout_sessions where id = ${sessionId}`.execute(deps.db));
+    if (known[0] === undefined) return 'unknown_session';
+  }
   if (session.paymentStatus !== 'paid') return 'not_paid';
+  // a refund may have come before this fulfilment: take it into account below
+  const refundedSoFar = known[0].kind === 'pack' && session.paymentIntent !== null ? await deps.payments.refundedAmount(session.paymentIntent) : 0;
   if (session.metadata.organization_id !== known[0].organization_id) {
     deps.log.error({ session_id: sessionId }, 'checkout session metadata does not match its organization');
     return 'unknown_session';
@@ -96,6 +105,7 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
         values (${session.paymentIntent}, ${org}, ${sessionId}, ${session.amountTotal ?? row.amount}, ${row.currency}, ${row.credits})
         on conflict do nothing`.execute(trx);
       await credits.purchase(trx, { organizationId: org, amount: row.credits, idempotencyKey: `checkout:${sessionId}`, actor: system, paymentRef: sessionId, reason: `pack ${row.item}` });
+      if (refundedSoFar > 0) await applyRefund(trx, session.paymentIntent, refundedSoFar);
       await creditsArrived(trx, org);
     }
     if (sub !== undefined) await applySubscription(deps, trx, org, row.item, sub);
@@ -103,6 +113,25 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
       stripe_subscription_id = ${session.subscription} where id = ${sessionId}`.execute(trx);
     return 'fulfilled';
   });
+}
+
+/** A session Stripe has but we never recorded: rebuilt from its metadata and the catalog, or false. */
+async function rebuildSession(deps: BillingDeps, session: SessionView): Promise<boolean> {
+  const org = session.metadata.organization_id;
+  const kind = session.metadata.kind;
+  const item = session.metadata.item;
+  if (org === undefined || (kind !== 'pack' && kind !== 'plan') || item === undefined) return false;
+  const pack = kind === 'pack' ? deps.catalog.packs.find((x) => x.id === item) : undefined;
+  const plan = kind === 'plan' ? deps.catalog.plans.find((x) => x.id === item) : undefined;
+  const choice = pack ?? plan;
+  if (choice === undefined) return false;
+  const { rows } = await sql`select 1 from organizations where id = ${org}`.execute(deps.db);
+  if (rows.length === 0) return false;
+  await sql`insert into checkout_sessions (id, organization_id, kind, item, credits, amount, currency, status)
+    values (${session.id}, ${org}, ${kind}, ${item}, ${pack?.credits ?? plan?.monthlyCredits ?? 0}, ${choice.amount}, ${choice.currency}, 'open')
+    on conflict (id) do nothing`.execute(deps.db);
+  deps.log.warn({ session_id: session.id, organization_id: org }, 'checkout session rebuilt from Stripe metadata');
+  return true;
 }
 
 /** Credits arrived: campaigns paused for them resume, blocked messages are dispatched again. */

@@ -3,7 +3,7 @@ import * as credits from '../credits/index.ts';
 import type { Tx } from '../db/db.ts';
 import * as messaging from '../messaging/index.ts';
 import { type BillingDeps, creditsArrived, fulfillSession, syncSubscription } from './billing.ts';
-import { clawbackCredits } from './catalog.ts';
+import { applyRefund } from './refunds.ts';
 import type { PaymentEvent } from './payments.ts';
 
 const system = { type: 'system' as const, id: 'billing' };
@@ -55,7 +55,7 @@ export async function handleStripeEvent(deps: BillingDeps, event: PaymentEvent):
       break;
     }
     case 'charge.refunded':
-      await deps.db.transaction().execute((trx) => refunded(trx, o));
+      await deps.db.transaction().execute((trx) => applyRefund(trx, str(o, 'payment_intent'), num(o, 'amount_refunded')));
       break;
     case 'charge.dispute.created': {
       const org = await disputeOrganization(deps, o);
@@ -100,31 +100,6 @@ async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>):
     });
     await creditsArrived(trx, org);
   });
-}
-
-/** Refunds add up: the highest cumulative refunded amount decides how many credits go back. */
-async function refunded(trx: Tx, charge: Record<string, unknown>): Promise<void> {
-  const pi = str(charge, 'payment_intent');
-  if (pi === null) return;
-  const { rows } = await sql<{ organization_id: string; amount: number; credits: number; refunded_amount: number; credits_clawed_back: number }>`
-    select * from payments where payment_intent = ${pi} for update`.execute(trx);
-  const p = rows[0];
-  if (p === undefined) return;
-  const refundedAmount = Math.max(p.refunded_amount, Math.min(p.amount, num(charge, 'amount_refunded')));
-  const target = clawbackCredits(p.credits, p.amount, refundedAmount);
-  const delta = target - p.credits_clawed_back;
-  if (delta > 0) {
-    await credits.clawback(trx, {
-      organizationId: p.organization_id,
-      amount: delta,
-      paymentRef: pi,
-      reason: `refund: ${refundedAmount} of ${p.amount} refunded`,
-      idempotencyKey: `refund:${pi}:${target}`,
-      actor: system,
-    });
-  }
-  await sql`update payments set refunded_amount = ${refundedAmount}, credits_clawed_back = greatest(credits_clawed_back, ${target})
-    where payment_intent = ${pi}`.execute(trx);
 }
 
 /**
@@ -174,7 +149,7 @@ async function disputeClosed(trx: Tx, dispute: Record<string, unknown>, org: str
   const d = rows[0];
   if (d === undefined) return;
   if (outcome === 'lost') {
-    if (d.payment_intent !== null) await refunded(trx, { payment_intent: d.payment_intent, amount_refunded: Number.MAX_SAFE_INTEGER });
+    if (d.payment_intent !== null) await applyRefund(trx, d.payment_intent, Number.MAX_SAFE_INTEGER);
     // the freeze now belongs to an operator: a later won dispute does not lift it
     await sql`update organizations set frozen_at = coalesce(frozen_at, now()), frozen_by = 'operator' where id = ${d.organization_id}`.execute(trx);
     return;

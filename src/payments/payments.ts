@@ -46,6 +46,8 @@ export interface Payments {
   createCheckout(request: CheckoutRequest): Promise<{ id: string; url: string }>;
   getSession(id: string): Promise<SessionView>;
   getSubscription(id: string): Promise<SubscriptionView>;
+  /** How much of a payment has been refunded so far (a refund can come before fulfilment). */
+  refundedAmount(paymentIntent: string): Promise<number>;
   /** A charge's customer and payment intent (disputes on subscription charges carry only the charge). */
   getCharge(id: string): Promise<{ customer: string | null; paymentIntent: string | null }>;
   /** Record the plan on the subscription (its metadata): the next renewal grants that plan's allowance. */

@@ -75,6 +75,12 @@ export function createStripePayments(options: StripeOptions): Payments {
         metadata: (s.metadata ?? {}) as Record<string, string>,
       };
     },
+    async refundedAmount(paymentIntent: string): Promise<number> {
+      const intent = await stripe.paymentIntents.retrieve(paymentIntent);
+      const charge = idOf(intent.latest_charge);
+      if (charge === null) return 0;
+      return (await stripe.charges.retrieve(charge)).amount_refunded ?? 0;
+    },
     async getCharge(id: string) {
       const c = await stripe.charges.retrieve(id);
       return { customer: idOf(c.customer), paymentIntent: idOf(c.payment_intent) };
