@@ -35,7 +35,7 @@ export { applyOptOut } from './optOut.ts';
 export { createSystemMessage } from './replies.ts';
 export { decide, type SendDecision } from './rules.ts';
 export { applyEvent as applyEventTo } from './messages.store.ts';
-export { releaseFor } from './send.ts';
+export { releaseFor } from './reservations.ts';
 export { CAMPAIGN_RUNNING, type PauseReason, pauseCampaigns, scheduleCampaignCheck } from './campaignGate.ts';
 export { wakeDispatcher } from './dispatcher.ts';
 export { insertMessages, type NewMessage } from './messages.store.ts';

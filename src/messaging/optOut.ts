@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import * as consent from '../consent/index.ts';
 import type { Tx } from '../db/db.ts';
 import * as store from './messages.store.ts';
-import { releaseFor } from './send.ts';
+import { releaseFor } from './reservations.ts';
 
 /**
  * An opt-out (STOP, or the carrier's 21610): revoke every purpose for the

@@ -6,7 +6,8 @@ import { addJob } from '../jobs/enqueue.ts';
 import { enqueueSends } from './dispatch.ts';
 import * as store from './messages.store.ts';
 import { MAX_ATTEMPTS } from './retry.ts';
-import { captureFor, DEFAULT_LEASE_MS, releaseFor, type SendDeps } from './send.ts';
+import { captureFor, releaseFor } from './reservations.ts';
+import { DEFAULT_LEASE_MS, type SendDeps } from './send.ts';
 import { eventForCarrierStatus, transition } from './states.ts';
 
 /** A message left `unknown` this long without evidence is given up (charged, never resent). */

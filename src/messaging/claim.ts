@@ -1,0 +1,175 @@
+import { sql } from 'kysely';
+import type { Tx } from '../db/db.ts';
+import { addJob } from '../jobs/enqueue.ts';
+import { CAMPAIGN_CLAIMABLE } from './campaignGate.ts';
+import { ruleColumns, scheduleDeferred } from './dispatch.ts';
+import { applyLimits, countHourlySends, type LimitRow } from './limits.ts';
+import * as store from './messages.store.ts';
+import { releaseFor } from './reservations.ts';
+import { decide, type RuleColumns } from './rules.ts';
+import type { SendDeps } from './send.ts';
+import { takeSendSlots } from './senders.ts';
+
+/** How long a claimed message may stay `sending` before reconciliation looks at it (SEND_LEASE_MS). */
+export const DEFAULT_LEASE_MS = 120_000;
+
+type ClaimRow = LimitRow &
+  RuleColumns & {
+    frozen: boolean;
+    debt: number;
+  };
+
+export interface Claimed {
+  message: store.MessageRow;
+  /** When its sender's rate allows it to go (epoch ms). */
+  notBefore: number;
+}
+
+/**
+ * Claim: one transaction that locks the batch's queued messages, re-checks
+ * every send-time rule (gates, destination country, consent, the
+ * recipient's quiet hours, frequency and hourly caps), takes sender rate
+ * slots, and moves the ones that may go to `sending` with one conditional
+ * UPDATE that repeats the gates and the consent check in its WHERE, so a
+ * STOP or a pause that commits before that statement is honoured (G5, G6).
+ * Messages that may not go now give their credits back: `blocked` (gate
+ * closed, resumable), `skipped` (terminal) or `deferred` (until an instant).
+ */
+export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]> {
+  const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
+  return deps.db.transaction().execute(async (trx) => {
+    const { rows } = await sql<ClaimRow>`
+      select m.*, ${ruleColumns('claim')}, w.frequency_caps, w.hourly_cap,
+        o.frozen_at is not null as frozen, coalesce(a.debt, 0)::bigint as debt
+      from messages m
+      join workspaces w on w.id = m.workspace_id
+      join organizations o on o.id = m.organization_id
+      left join credit_accounts a on a.organization_id = m.organization_id
+      where m.id = any(${[...ids]}::text[]) and m.status = 'queued'
+        and coalesce(m.next_attempt_at, m.send_at) <= now()
+      order by m.id
+      for update of m skip locked`.execute(trx);
+
+    const now = new Date();
+    const refused: Refusals = { block: [], skip: [], defer: [] };
+    const passed: ClaimRow[] = [];
+    for (const m of rows) {
+      const d = decide(m, { organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt }, now);
+      switch (d.action) {
+        case 'go':
+          passed.push(m);
+          break;
+        case 'block':
+          refused.block.push({ row: m, reason: d.reason });
+          break;
+        case 'skip':
+          refused.skip.push({ row: m, reason: d.reason });
+          break;
+        case 'defer':
+          refused.defer.push({ row: m, reason: d.reason, until: d.until });
+          break;
+        default: {
+          const never: never = d;
+          throw new Error(`unhandled decision ${String(never)}`);
+        }
+      }
+    }
+
+    const limits = await applyLimits(trx, passed, now);
+    for (const m of limits.capped) refused.skip.push({ row: m, reason: 'frequency_cap' });
+    for (const { row, until } of limits.deferred) refused.defer.push({ row, reason: 'hourly_cap', until });
+    const eligible = limits.allowed;
+
+    // Sender rate: slots are taken under each sender row's lock, shared by
+    // all workers, in a fixed order (no lock cycles between claims).
+    const bySender = new Map<string, ClaimRow[]>();
+    for (const m of eligible) {
+      const k = `${m.workspace_id}\u0000${m.from_number}`;
+      bySender.set(k, [...(bySender.get(k) ?? []), m]);
+    }
+    const go: Claimed[] = [];
+    const later: { ids: string[]; at: number }[] = [];
+    for (const key of [...bySender.keys()].sort()) {
+      const group = bySender.get(key)!;
+      const first = group[0]!;
+      const slots = await takeSendSlots(trx, first.workspace_id, first.from_number, group.length, deps.slotHorizonMs ?? 2_000);
+      group.forEach((m, i) => {
+        if (i < slots.granted) go.push({ message: m, notBefore: slots.startAt + i * slots.intervalMs });
+      });
+      if (slots.granted < group.length) later.push({ ids: group.slice(slots.granted).map((m) => m.id), at: slots.nextFreeAt });
+    }
+    for (const l of later) {
+      await sql`update messages set next_attempt_at = ${new Date(l.at)}, updated_at = now() where id = any(${l.ids}::text[])`.execute(trx);
+      await addJob(trx, 'send', { messageIds: l.ids }, { runAt: new Date(l.at), maxAttempts: 10 });
+    }
+
+    let claimed: store.MessageRow[] = [];
+    if (go.length > 0) {
+      // The claim itself: one conditional UPDATE, gates and consent repeated in its WHERE.
+      ({ rows: claimed } = await sql<store.MessageRow>`
+        with c as (
+          update messages m set status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
+            lease_until = now() + ${`${leaseMs} milliseconds`}::interval, next_attempt_at = null, updated_at = now()
+          from organizations o, workspaces w
+          where m.id = any(${go.map((g) => g.message.id)}::text[]) and m.status = 'queued'
+            and o.id = m.organization_id and o.frozen_at is null
+            and w.id = m.workspace_id and w.sms_enabled
+            and m.country = any(coalesce(w.allowed_countries, array[w.home_country]))
+            and not exists (select 1 from credit_accounts a where a.organization_id = m.organization_id and a.debt > 0)
+            and credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer)
+            and ${CAMPAIGN_CLAIMABLE}
+            and credence_subscription_ok(m.organization_id)
+          returning m.*
+        ), ev as (
+          insert into message_events (message_id, organization_id, event, from_status, to_status, details)
+          select id, organization_id, 'claim', 'queued', 'sending', jsonb_build_object('attempt', attempts) from c
+        )
+        select * from c`.execute(trx));
+      const claimedIds = new Set(claimed.map((m) => m.id));
+      await countHourlySends(
+        trx,
+        eligible.filter((m) => claimedIds.has(m.id)),
+      );
+    }
+    // Last, so the account lock is the final lock this transaction takes.
+    await refuse(trx, refused);
+    const byId = new Map(go.map((g) => [g.message.id, g.notBefore]));
+    return claimed.map((m) => ({ message: m, notBefore: byId.get(m.id) ?? Date.now() }));
+  });
+}
+
+interface Refusals {
+  block: { row: ClaimRow; reason: string }[];
+  skip: { row: ClaimRow; reason: string }[];
+  defer: { row: ClaimRow; reason: string; until: Date }[];
+}
+
+/**
+ * Messages that may not go now give their reservation back: `blocked` until
+ * the gate opens, `skipped` for good, or `deferred` until an instant (and
+ * the dispatcher is woken then to reserve again).
+ */
+async function refuse(trx: Tx, r: Refusals): Promise<void> {
+  const moved = [
+    ...(await store.applyEvent(trx, 'claim_refused', r.block.map((b) => ({ id: b.row.id, patch: { reason: b.reason, reservation_id: null } })))),
+    ...(await store.applyEvent(trx, 'skip', r.skip.map((b) => ({ id: b.row.id, patch: { reason: b.reason, reservation_id: null } })))),
+    ...(await store.applyEvent(
+      trx,
+      'defer',
+      r.defer.map((b) => ({ id: b.row.id, patch: { reason: b.reason, reservation_id: null, next_attempt_at: b.until.toISOString() } })),
+      { onlyFrom: ['queued'] },
+    )),
+  ];
+  const movedIds = new Set(moved.map((m) => m.id));
+  await scheduleDeferred(
+    trx,
+    r.defer.filter((d) => movedIds.has(d.row.id)).map((d) => ({ organizationId: d.row.organization_id, until: d.until })),
+  );
+  const all = [...r.block, ...r.skip, ...r.defer].map((x) => x.row);
+  await releaseFor(
+    trx,
+    all.filter((m) => movedIds.has(m.id)),
+    'may not be sent now',
+  );
+}
+
