@@ -3,7 +3,8 @@ import { DateTime } from 'luxon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as credits from '../src/credits/index.ts';
 import { nextAllowedInstant, recipientZones, sendPolicy } from '../src/sendrules/index.ts';
-import { bearer } from './helpers/app.ts';
+import { bearer, createTenant } from './helpers/app.ts';
+import { daytimeZone } from './helpers/campaigns.ts';
 import { eventually, grantCredits, message, type Pipeline, sendViaApi, startPipeline, waitForStatus } from './helpers/pipeline.ts';
 
 /**
@@ -44,16 +45,6 @@ async function balance() {
     select (allowance_available + purchased_available)::int as available, (reserved_allowance + reserved_purchased)::int as reserved
     from credit_accounts where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
   return rows[0]!;
-}
-
-/**
- * An IANA zone where it is now early afternoon, so marketing sends in these
- * tests fall inside every window (US legal hours included) whatever time the
- * suite runs; the recipient's own zone wins over the number's.
- */
-function daytimeZone(): string {
-  const offset = ((13 - new Date().getUTCHours() + 36) % 24) - 12; // -12 … +11
-  return offset === 0 ? 'Etc/UTC' : offset > 0 ? `Etc/GMT-${offset}` : `Etc/GMT+${-offset}`;
 }
 
 const marketing = (to: string, body: string) => sendViaApi(p, { to, body, purpose: 'marketing', timezone: daytimeZone() });
@@ -433,5 +424,33 @@ describe('review fixes', () => {
     const { applyEventTo } = await import('../src/messaging/index.ts');
     const moved = await applyEventTo(p.tdb.db, 'carrier_undelivered', [{ id: m.id, patch: { reason: 'stale', expect_attempts: m.attempts - 1 } }]);
     expect(moved).toEqual([]);
+  });
+});
+
+describe('tenant isolation (G8) of the consent, privacy, sending-rules and billing routes', () => {
+  it("another tenant's keys get 404 for this workspace's data and change nothing", async () => {
+    const to = phone();
+    await grantConsent(to, ['marketing']);
+    const other = await createTenant(p.app, p.op, 'Snoop Co');
+    const ws = p.tenant.workspaceId;
+    const enc = encodeURIComponent(to);
+    const tries = [
+      { method: 'GET' as const, url: `/v1/consents/${enc}?workspace_id=${ws}`, key: other.workspaceKey },
+      { method: 'GET' as const, url: `/v1/consents/${enc}?workspace_id=${ws}`, key: other.orgKey },
+      { method: 'POST' as const, url: `/v1/consents?workspace_id=${ws}`, key: other.orgKey, payload: { phone: to, purposes: ['marketing'], action: 'revoked' } },
+      { method: 'GET' as const, url: `/v1/privacy/phone-numbers/${enc}?workspace_id=${ws}`, key: other.orgKey },
+      { method: 'POST' as const, url: `/v1/privacy/erasures?workspace_id=${ws}`, key: other.orgKey, payload: { phone: to } },
+      { method: 'GET' as const, url: `/v1/workspaces/${ws}/sending-rules`, key: other.orgKey },
+      { method: 'PATCH' as const, url: `/v1/workspaces/${ws}/sending-rules`, key: other.orgKey, payload: { hourly_cap: 1 } },
+      { method: 'GET' as const, url: `/v1/billing?organization_id=${p.tenant.organizationId}`, key: other.orgKey },
+    ];
+    for (const t of tries) {
+      const res = await p.app.inject({ method: t.method, url: t.url, headers: bearer(t.key), ...(t.payload && { payload: t.payload }) });
+      expect(res.statusCode, `${t.method} ${t.url}`).toBe(404);
+    }
+    const own = await p.app.inject({ method: 'GET', url: `/v1/consents/${enc}`, headers: bearer(p.tenant.workspaceKey) });
+    expect((own.json() as { state: Record<string, string> }).state.marketing).toBe('granted');
+    const rules = await p.app.inject({ method: 'GET', url: `/v1/workspaces/${ws}/sending-rules`, headers: bearer(p.tenant.orgKey) });
+    expect((rules.json() as { settings: { hourly_cap: number | null } }).settings.hourly_cap).toBeNull();
   });
 });

@@ -114,13 +114,22 @@ export async function campaignEvents(db: DbOrTx, id: string) {
   return rows;
 }
 
+/**
+ * What a template may use of a contact `a`: its attributes, with the
+ * standard fields (first_name, last_name, phone, locale) over them — the one
+ * definition the snapshot, the quote and the preview share.
+ */
+export const contactVariables = (alias: string) =>
+  sql`${sql.ref(`${alias}.attributes`)} || jsonb_strip_nulls(jsonb_build_object('first_name', ${sql.ref(`${alias}.first_name`)},
+    'last_name', ${sql.ref(`${alias}.last_name`)}, 'phone', ${sql.ref(`${alias}.phone`)}, 'locale', ${sql.ref(`${alias}.locale`)}))`;
+
 /** Number the audience: one row per contact, in contact-id order, with the fields the template may use. */
 export async function snapshotRecipients(trx: Tx, campaignId: string, audience: ReturnType<typeof sql>): Promise<number> {
   const { rows } = await sql<{ n: number }>`
     with ins as (
       insert into campaign_recipients (campaign_id, seq, contact_id, phone, timezone, variables)
       select ${campaignId}, row_number() over (order by a.id), a.id, a.phone, a.timezone,
-        a.attributes || jsonb_strip_nulls(jsonb_build_object('first_name', a.first_name, 'last_name', a.last_name, 'phone', a.phone, 'locale', a.locale))
+        ${contactVariables('a')}
       from (${audience}) a
       on conflict do nothing
       returning 1

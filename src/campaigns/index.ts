@@ -1,5 +1,5 @@
 export { ADVANCE_BATCH, advanceCampaign } from './advance.ts';
-export { type CampaignRow, campaignEvents, findCampaign, listCampaigns } from './campaigns.store.ts';
+export { type CampaignRow, campaignEvents, contactVariables, findCampaign, listCampaigns } from './campaigns.store.ts';
 export { CAMPAIGN_STATUSES, type CampaignStatus, campaignTransition, errorThresholdExceeded } from './lifecycle.ts';
 export { campaignProgress, type Progress, type Quote, quoteCampaign, type Rendered, renderFor } from './progress.ts';
 export {

@@ -4,7 +4,7 @@ import * as credits from '../credits/index.ts';
 import type { DbOrTx } from '../db/db.ts';
 import * as messaging from '../messaging/index.ts';
 import { parsePhone } from '../shared/phone.ts';
-import type { CampaignRow } from './campaigns.store.ts';
+import { type CampaignRow, contactVariables } from './campaigns.store.ts';
 import { parseTemplate, render, type Variables } from './template.ts';
 
 export interface Progress {
@@ -106,8 +106,7 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
   const source =
     c.audience_size !== null
       ? sql`select seq::text as k, phone, variables from campaign_recipients where campaign_id = ${c.id}`
-      : sql`select a.id as k, a.phone, a.attributes || jsonb_strip_nulls(jsonb_build_object('first_name', a.first_name,
-          'last_name', a.last_name, 'phone', a.phone, 'locale', a.locale)) as variables
+      : sql`select a.id as k, a.phone, ${contactVariables('a')} as variables
           from (${await audienceQuery(db, c.workspace_id, { type: c.audience_type, id: c.audience_id })}) a`;
   let after: string | null = null;
   for (;;) {

@@ -5,8 +5,8 @@ import type { Db, Tx } from '../db/db.ts';
 import * as messaging from '../messaging/index.ts';
 import { DomainError, validationError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
-import { type Catalog, clawbackCredits } from './catalog.ts';
-import type { PaymentEvent, Payments, SessionView } from './payments.ts';
+import type { Catalog } from './catalog.ts';
+import type { Payments, SessionView } from './payments.ts';
 import { applyRefund } from './refunds.ts';
 
 /** What billing needs from the process (wired once in main.ts). */
@@ -140,8 +140,6 @@ async function creditsArrived(trx: Tx, organizationId: string): Promise<void> {
   await messaging.scheduleDispatch(trx, organizationId, { includeBlocked: true });
 }
 
-const SENDABLE = new Set(['active', 'trialing']);
-
 /** Write Stripe's current view of a subscription; reopen sending when it became good again. */
 async function applySubscription(
   deps: BillingDeps,
@@ -168,10 +166,10 @@ async function applySubscription(
     await campaigns.resumeCampaignsForSubscription(trx, organizationId, 'billing');
     await messaging.scheduleDispatch(trx, organizationId, { includeBlocked: true });
   }
-  if (SENDABLE.has(sub.status) === false) deps.log.info({ organization_id: organizationId, status: sub.status }, 'subscription cannot send');
+  if (before[0]!.ok && !after[0]!.ok) deps.log.info({ organization_id: organizationId, status: sub.status }, 'subscription can no longer send');
 }
 
-export { applySubscription, creditsArrived };
+export { creditsArrived };
 
 /**
  * Operator plan change: the subscription's plan (Stripe metadata and our
@@ -205,4 +203,3 @@ async function lockSubscription(trx: Tx, subscriptionId: string): Promise<void> 
   await sql`select pg_advisory_xact_lock(hashtextextended(${`subscription:${subscriptionId}`}, 0))`.execute(trx);
 }
 
-export { clawbackCredits, type PaymentEvent };

@@ -169,11 +169,10 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
       async (request) => {
         const { campaign } = await visible(deps, actorOf(request).principal, request.params.id);
         const { rows } = await sql<{ id: string; phone: string; variables: Record<string, unknown> }>`
-          select id, phone, attributes || jsonb_strip_nulls(jsonb_build_object('first_name', first_name, 'last_name', last_name,
-            'phone', phone, 'locale', locale)) as variables
-          from contacts where workspace_id = ${campaign.workspace_id}
-            ${request.body.contact_id ? sql`and id = ${request.body.contact_id}` : sql``}
-          order by id limit 1`.execute(db);
+          select c.id, c.phone, ${campaigns.contactVariables('c')} as variables
+          from contacts c where c.workspace_id = ${campaign.workspace_id}
+            ${request.body.contact_id ? sql`and c.id = ${request.body.contact_id}` : sql``}
+          order by c.id limit 1`.execute(db);
         const contact = rows[0];
         if (contact === undefined) throw validationError('contact_id', 'no such contact in this workspace');
         return { contact_id: contact.id, ...(await campaigns.renderFor(db, campaign, contact.variables, contact.phone)) };
