@@ -59,8 +59,13 @@ export async function createCampaign(db: Db, scope: Scope, input: CampaignInput,
   );
 }
 
-export async function campaignInScope(db: DbOrTx, scope: { organizationId: string; workspaceId?: string }, id: string): Promise<CampaignRow> {
-  const c = await findCampaign(db, id);
+export async function campaignInScope(
+  db: DbOrTx,
+  scope: { organizationId: string; workspaceId?: string },
+  id: string,
+  options: { lock?: boolean } = {},
+): Promise<CampaignRow> {
+  const c = await findCampaign(db, id, options);
   if (c === undefined || c.organization_id !== scope.organizationId || (scope.workspaceId !== undefined && c.workspace_id !== scope.workspaceId)) {
     throw notFound('Campaign');
   }
@@ -81,8 +86,7 @@ async function begin(trx: Tx, c: CampaignRow, actor: string): Promise<CampaignRo
 
 export async function startCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
   return db.transaction().execute(async (trx) => {
-    await campaignInScope(trx, scope, id);
-    const c = (await findCampaign(trx, id, { lock: true }))!;
+    const c = await campaignInScope(trx, scope, id, { lock: true });
     if (c.status !== 'draft') throw conflict(c, 'started');
     if (c.scheduled_at !== null && c.scheduled_at.getTime() > Date.now()) {
       const scheduled = await applyCampaignEvent(trx, c.id, 'schedule', { actor });
