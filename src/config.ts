@@ -26,6 +26,16 @@ export interface Config {
   carrierTimeoutMs: number;
   /** How long a claimed message may stay `sending` before reconciliation looks at it. */
   sendLeaseMs: number;
+  /** First retry delay of a transient carrier error; doubles per attempt, capped at 10×. */
+  retryBaseMs: number;
+  /** How often reconciliation and the sweep run (the cron's minute, or a faster timer). */
+  maintenanceIntervalMs: number;
+  /** How long an unknown outcome waits for evidence before it is failed and captured. */
+  reconciliationHorizonMs: number;
+  /** How long after a claim "not found at the carrier" proves the message never got there. */
+  lookupGraceMs: number;
+  /** Seed of the simulators' random faults (replayable runs); unset = random. */
+  simulatorSeed: number | undefined;
   /** Real Stripe account; when absent, Credence bills through its payments simulator. */
   stripe: { secretKey: string; webhookSecret: string; apiUrl: string | undefined } | undefined;
   /** Port of the built-in payments simulator. */
@@ -131,11 +141,24 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     simulatorPort: read('SIMULATOR_PORT', integer(0, 65535), 3001),
     carrierTimeoutMs: read('CARRIER_TIMEOUT_MS', integer(100, 120_000), 10_000),
     sendLeaseMs: read('SEND_LEASE_MS', integer(1_000, 3_600_000), 120_000),
+    retryBaseMs: read('SEND_RETRY_BASE_MS', integer(10, 3_600_000), 30_000),
+    maintenanceIntervalMs: read('MAINTENANCE_INTERVAL_MS', integer(250, 3_600_000), 60_000),
+    reconciliationHorizonMs: read('RECONCILIATION_HORIZON_MS', integer(1_000, 30 * 86_400_000), 86_400_000),
+    lookupGraceMs: 0,
+    simulatorSeed: read('SIMULATOR_SEED', integer(0, 2 ** 31 - 1), undefined),
     stripe: undefined,
     paymentsSimulatorPort: read('PAYMENTS_SIMULATOR_PORT', integer(0, 65535), 3002),
     pastDueGraceMs: read('BILLING_PAST_DUE_GRACE_HOURS', integer(0, 24 * 90), 72) * 3_600_000,
     catalogJson: read('BILLING_CATALOG', nonEmpty, undefined),
   };
+
+  // "Not at the carrier" is proof only once any call of a live worker has
+  // ended: its timeout plus the longest send-slot wait (2 s), with margin.
+  const minGrace = config.carrierTimeoutMs + 2_000 + 1_000;
+  config.lookupGraceMs = read('LOOKUP_GRACE_MS', integer(1_000, 86_400_000), Math.max(60_000, config.carrierTimeoutMs + 12_000));
+  if (config.lookupGraceMs < minGrace) {
+    problems.push({ variable: 'LOOKUP_GRACE_MS', problem: `must be at least CARRIER_TIMEOUT_MS + 3000 (${minGrace}): a live call may still reach the carrier` });
+  }
 
   const stripeKey = read('STRIPE_SECRET_KEY', nonEmpty, undefined);
   const stripeWebhook = read('STRIPE_WEBHOOK_SECRET', nonEmpty, undefined);
@@ -211,6 +234,11 @@ export const CONFIG_DOC: readonly { variable: string; default: string; meaning: 
   { variable: 'SIMULATOR_PORT', default: '3001', meaning: 'port of the built-in carrier simulator (loopback)' },
   { variable: 'CARRIER_TIMEOUT_MS', default: '10000', meaning: 'carrier request timeout; no answer by then = outcome unknown' },
   { variable: 'SEND_LEASE_MS', default: '120000', meaning: 'how long a claimed message may stay sending before reconciliation asks the carrier' },
+  { variable: 'SEND_RETRY_BASE_MS', default: '30000', meaning: 'first retry delay after a transient carrier error (doubles, ±20 % jitter, capped at 10×)' },
+  { variable: 'MAINTENANCE_INTERVAL_MS', default: '60000', meaning: 'how often reconciliation and the sweep run (below 60000: a timer in each worker)' },
+  { variable: 'RECONCILIATION_HORIZON_MS', default: '86400000', meaning: 'an unknown outcome with no evidence this long is failed, its credits captured' },
+  { variable: 'LOOKUP_GRACE_MS', default: 'max(60000, CARRIER_TIMEOUT_MS + 12000)', meaning: 'after a claim, how long "not at the carrier" must last to prove a message never left' },
+  { variable: 'SIMULATOR_SEED', default: '(random)', meaning: "seed of the simulators' faults, for replayable runs" },
   { variable: 'STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET', default: '(simulator)', meaning: 'bill through this Stripe account; unset = the built-in payments simulator' },
   { variable: 'STRIPE_API_URL', default: 'https://api.stripe.com', meaning: 'Stripe API base URL (point it at a simulator)' },
   { variable: 'PAYMENTS_SIMULATOR_PORT', default: '3002', meaning: 'port of the built-in payments simulator (loopback)' },

@@ -10,7 +10,7 @@ import {
   parseFaultProfile,
   startCarrierSimulator,
 } from './carriers/index.ts';
-import { type BreakerState, type Dispatcher, startDispatcher } from './messaging/index.ts';
+import { backoffMs, type BreakerState, type Dispatcher, startDispatcher } from './messaging/index.ts';
 import { type BillingDeps, type Catalog, createStripePayments, DEFAULT_CATALOG } from './payments/index.ts';
 import { type PaymentsSimulator, startPaymentsSimulator } from './payments/simulator/index.ts';
 import { type Config, ConfigError } from './config.ts';
@@ -102,6 +102,7 @@ export async function startSimulatorProcess(config: Config, log: Logger, faultsJ
     inboundUrl: `${config.publicUrl}/webhooks/twilio/inbound`,
     log: log.child({ component: 'carrier-simulator' }),
     ...(faults && { faults }),
+    ...(config.simulatorSeed !== undefined && { seed: config.simulatorSeed }),
   });
 }
 
@@ -185,7 +186,12 @@ export async function openPayments(
 /** `credence payments-simulator`: the payments simulator on its own, with the shared secrets. */
 export async function startPaymentsSimulatorProcess(config: Config): Promise<PaymentsSimulator> {
   const secrets = await paymentsSimulatorSecrets(config.home);
-  return startPaymentsSimulator({ port: config.paymentsSimulatorPort, ...secrets, webhookUrl: `${config.publicUrl}/webhooks/stripe` });
+  return startPaymentsSimulator({
+    port: config.paymentsSimulatorPort,
+    ...secrets,
+    webhookUrl: `${config.publicUrl}/webhooks/stripe`,
+    ...(config.simulatorSeed !== undefined && { seed: config.simulatorSeed }),
+  });
 }
 
 export interface RunningCredence {
@@ -246,12 +252,14 @@ export async function startCredence(
             log,
             breakers: new Map<string, BreakerState>(),
             leaseMs: config.sendLeaseMs,
-            // "Not at the carrier" is proof only once any call of a live worker
-            // has ended: its timeout plus the longest send-slot wait, with margin.
-            lookupGraceMs: Math.max(60_000, config.carrierTimeoutMs + 2_000 + 10_000),
+            lookupGraceMs: config.lookupGraceMs,
+            horizonMs: config.reconciliationHorizonMs,
+            retryDelayMs: (attempts, random) => backoffMs(attempts, random, config.retryBaseMs),
           },
+          staleQueuedMs: 2 * config.maintenanceIntervalMs,
         }),
         crontab: CRONTAB,
+        maintenanceIntervalMs: config.maintenanceIntervalMs,
         concurrency: config.workerConcurrency,
         log,
       });

@@ -238,4 +238,16 @@ export async function sweepCampaigns(trx: Tx): Promise<void> {
       await messaging.scheduleDispatch(trx, r.organization_id, { includeBlocked: true });
     }
   }
+  // Likewise a pause for credits that committed after the purchase's own
+  // resume ran: resumed once the credits cover its cheapest blocked message.
+  const { rows: funded } = await sql<{ organization_id: string }>`select distinct c.organization_id from campaigns c
+    join credit_accounts a on a.organization_id = c.organization_id
+    where c.status = 'paused' and c.pause_reason = 'insufficient_credits' and c.auto_resume
+      and a.allowance_available + a.purchased_available >= (select min(m.cost) from messages m
+        where m.campaign_id = c.id and m.status = 'blocked' and m.status_reason = 'insufficient_credits')`.execute(trx);
+  for (const r of funded) {
+    if ((await resumeCampaignsForCredits(trx, r.organization_id, 'sweep')).length > 0) {
+      await messaging.scheduleDispatch(trx, r.organization_id, { includeBlocked: true });
+    }
+  }
 }

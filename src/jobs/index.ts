@@ -1,4 +1,5 @@
 import type { TaskList } from 'graphile-worker';
+import { sql } from 'kysely';
 import * as campaigns from '../campaigns/index.ts';
 import { runContactImport } from '../contacts/index.ts';
 import { recordVerification, verifyLedger } from '../credits/index.ts';
@@ -14,6 +15,8 @@ export interface TaskDeps {
   db: Db;
   log: Logger;
   send: SendDeps;
+  /** A message queued this long without a claim has lost its send job (default 2 minutes). */
+  staleQueuedMs?: number;
 }
 
 function stringField(payload: unknown, field: string): string {
@@ -50,13 +53,24 @@ export function buildTaskList(deps: TaskDeps): TaskList {
     },
     /** Settle messages whose outcome is unknown or whose worker died mid-send. */
     reconcile: async () => {
-      const report = await reconcile(deps.send);
-      if (report.checked > 0) deps.log.info(report, 'reconciliation');
+      // One reconciliation at a time, under a session lock: it dies with the
+      // connection of a worker that dies (a graphile-worker named queue would
+      // stay locked for hours after a SIGKILL, and reconciliation with it).
+      await deps.db.connection().execute(async (conn) => {
+        const { rows } = await sql<{ got: boolean }>`select pg_try_advisory_lock(${RECONCILE_LOCK}) as got`.execute(conn);
+        if (!rows[0]!.got) return;
+        try {
+          const report = await reconcile(deps.send);
+          if (report.checked > 0) deps.log.info(report, 'reconciliation');
+        } finally {
+          await sql`select pg_advisory_unlock(${RECONCILE_LOCK})`.execute(conn);
+        }
+      });
     },
     /** Safety net: due work whose wake-up was lost is picked up within a minute. */
     sweep: async () => {
       await deps.db.transaction().execute(async (trx) => {
-        const found = await sweep(trx);
+        const found = await sweep(trx, { ...(deps.staleQueuedMs !== undefined && { staleQueuedMs: deps.staleQueuedMs }) });
         for (const org of found.organizations) await scheduleDispatch(trx, org);
         await campaigns.sweepCampaigns(trx);
       });
@@ -90,9 +104,12 @@ export function buildTaskList(deps: TaskDeps): TaskList {
   };
 }
 
+/** Advisory lock key of the reconciliation (any constant unique among Credence's session locks). */
+const RECONCILE_LOCK = 0x43524543; // "CREC"
+
 export const CRONTAB = [
   '0 * * * * ledger_verify ?max=1',
-  // one reconciliation at a time (a long run must not overlap the next minute's)
-  '* * * * * reconcile ?max=1&queue=reconcile',
+  // one reconciliation at a time: see the task's session lock
+  '* * * * * reconcile ?max=1',
   '* * * * * sweep ?max=1',
 ].join('\n');

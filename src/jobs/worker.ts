@@ -1,6 +1,8 @@
 import { type Runner, run, type TaskList, Logger as WorkerLogger } from 'graphile-worker';
 import type pg from 'pg';
+import { createDb } from '../db/db.ts';
 import type { Logger } from '../shared/logger.ts';
+import { addJob } from './enqueue.ts';
 
 export interface WorkerHandle {
   stop(): Promise<void>;
@@ -35,6 +37,11 @@ export async function startWorker(options: {
   concurrency: number;
   log: Logger;
   pollInterval?: number;
+  /**
+   * Below a minute (the cron's grain), reconciliation and the sweep are also
+   * added on this timer, each under one job key so workers never pile them up.
+   */
+  maintenanceIntervalMs?: number;
 }): Promise<WorkerHandle> {
   const runner: Runner = await run({
     pgPool: options.pool,
@@ -46,10 +53,27 @@ export async function startWorker(options: {
     pollInterval: options.pollInterval ?? 1000,
     logger: workerLogger(options.log),
   });
+  let timer: NodeJS.Timeout | undefined;
+  const every = options.maintenanceIntervalMs;
+  if (every !== undefined && every < 60_000) {
+    const db = createDb(options.pool);
+    timer = setInterval(() => {
+      const add = async () => {
+        await addJob(db, 'reconcile', {}, { jobKey: 'maintenance:reconcile', jobKeyMode: 'preserve_run_at', maxAttempts: 1 });
+        await addJob(db, 'sweep', {}, { jobKey: 'maintenance:sweep', jobKeyMode: 'preserve_run_at', maxAttempts: 1 });
+      };
+      // the database may be restarting: the next tick tries again
+      add().catch((err: unknown) => options.log.warn({ err: (err as Error).message }, 'maintenance tick failed'));
+    }, every);
+    timer.unref();
+  }
   return {
     // Waits for the jobs in flight; graphile-worker releases the locks of any
     // it cannot finish so another worker picks them up.
-    stop: () => runner.stop(),
+    stop: () => {
+      clearInterval(timer);
+      return runner.stop();
+    },
     done: runner.promise,
   };
 }

@@ -26,6 +26,7 @@ export { parsePhone } from './phone.ts';
 export { DEFAULT_MULTIPLIERS, FALLBACK_MULTIPLIER, messageCost, type PriceList } from './pricing.ts';
 export { countSegments, type Encoding } from './segments.ts';
 export { addSenderNumber, listSenderNumbers, type SenderNumber, updateSenderNumber } from './senders.ts';
+export { backoffMs } from './retry.ts';
 export { type SendDeps, sendBatch, statusCallbackUrl } from './send.ts';
 export { type CallbackResult, handleStatusCallback, RECONCILIATION_HORIZON_MS, reconcile, sweep } from './settle.ts';
 export { MESSAGE_STATUSES, type MessageStatus, TERMINAL } from './states.ts';

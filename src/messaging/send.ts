@@ -33,6 +33,8 @@ export interface SendDeps {
   retryDelayMs?: (attempts: number, random: number) => number;
   /** How long after a claim a carrier look-up that finds nothing proves it never arrived. */
   lookupGraceMs?: number;
+  /** How long an unknown outcome waits for evidence before it is failed and captured (default 24 h). */
+  horizonMs?: number;
 }
 
 export { DEFAULT_LEASE_MS } from './claim.ts';

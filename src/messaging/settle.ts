@@ -200,12 +200,12 @@ export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileR
         await store.applyEvent(trx, 'no_answer', [{ id: m.id, patch: { reason: 'lease_expired', details: { source: 'reconciliation' } } }]);
         return;
       }
-      if (m.status === 'unknown' && age >= RECONCILIATION_HORIZON_MS) {
+      if (m.status === 'unknown' && age >= (deps.horizonMs ?? RECONCILIATION_HORIZON_MS)) {
         const moved = await store.applyEvent(trx, 'outcome_unknown', [
           { id: m.id, patch: { reason: 'outcome_unknown', details: { source: 'reconciliation', note: 'captured: the carrier may have billed it; never resent' } } },
         ]);
         if (moved.length > 0) {
-          await captureFor(trx, [m], 'outcome_unknown: no evidence after 24 h; captured because the carrier may have billed it');
+          await captureFor(trx, [m], 'outcome_unknown: no evidence within the reconciliation horizon; captured because the carrier may have billed it');
           report.givenUp++;
         }
       }

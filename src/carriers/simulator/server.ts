@@ -130,6 +130,9 @@ async function admin(state: SimState, req: http.IncomingMessage, res: http.Serve
       return send(res, 200, state.log.all());
     case 'GET /_sim/stats':
       return send(res, 200, state.stats);
+    case 'GET /_sim/clock':
+      // outage windows are relative to this
+      return send(res, 200, { elapsedMs: Math.round(state.elapsed()) });
     case 'POST /_sim/reset':
       state.reset();
       res.writeHead(204).end();
