@@ -204,3 +204,30 @@ describe('manual pause of a campaign that paused itself for credits', () => {
     expect((await campaignRow(p, id)).status).toBe('paused');
   }, 60_000);
 });
+
+describe('credits that arrived before the pause for credits committed', () => {
+  it('the sweep resumes the campaign once the credits cover a blocked message, not before', async () => {
+    const audience = await makeAudience(p, 12, { firstPhone: 9100 });
+    const { rows } = await sql<{ available: number }>`select (allowance_available + purchased_available)::int as available
+      from credit_accounts where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+    const spare = (rows[0]?.available ?? 0) - 4;
+    if (spare > 0) {
+      await credits.adjust(p.tdb.db, { organizationId: p.tenant.organizationId, amount: -spare, reason: 'test', idempotencyKey: `spend-race-${Date.now()}`, actor: { type: 'system', id: 'test' } });
+    }
+    const { id } = await createCampaign(p, audience.listId);
+    await campaignAction(p, id, 'start');
+    await waitForCampaign(p, id, (c) => c.status === 'paused' && c.pause_reason === 'insufficient_credits');
+    await eventually(async () => ((await inFlight(p, id)) === 0 ? true : undefined), 20_000, 'the paid prefix to settle');
+    const { sweepCampaigns } = await import('../src/campaigns/index.ts');
+    // no credits yet: the sweep leaves it paused
+    await p.tdb.db.transaction().execute((trx) => sweepCampaigns(trx));
+    expect((await campaignRow(p, id)).status).toBe('paused');
+    // The grant commits with no resume of its own (as when its resume ran
+    // before the pause committed): only the sweep can see it.
+    await grantCredits(p, 50);
+    expect((await campaignRow(p, id)).status).toBe('paused');
+    await p.tdb.db.transaction().execute((trx) => sweepCampaigns(trx));
+    await waitForCampaign(p, id, (c) => c.status === 'completed', 60_000);
+    for (const phone of audience.phones) expect(copiesTo(phone), phone).toBe(1);
+  }, 90_000);
+});

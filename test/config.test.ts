@@ -61,6 +61,17 @@ describe('configuration', () => {
     }
   });
 
+  it('the fast-clock knobs: retries, maintenance, horizon and a look-up grace never shorter than a live call', () => {
+    const c = loadConfig({ SEND_RETRY_BASE_MS: '400', MAINTENANCE_INTERVAL_MS: '1000', RECONCILIATION_HORIZON_MS: '90000', CARRIER_TIMEOUT_MS: '2000', LOOKUP_GRACE_MS: '5000', SIMULATOR_SEED: '7' });
+    expect(c).toMatchObject({ retryBaseMs: 400, maintenanceIntervalMs: 1000, reconciliationHorizonMs: 90_000, lookupGraceMs: 5000, simulatorSeed: 7 });
+    expect(loadConfig({})).toMatchObject({ retryBaseMs: 30_000, maintenanceIntervalMs: 60_000, reconciliationHorizonMs: 86_400_000, lookupGraceMs: 60_000, simulatorSeed: undefined });
+    // derived from the carrier timeout when it is long
+    expect(loadConfig({ CARRIER_TIMEOUT_MS: '60000' }).lookupGraceMs).toBe(72_000);
+    // "not at the carrier" must not be trusted while a live call may still get there
+    expect(() => loadConfig({ CARRIER_TIMEOUT_MS: '10000', LOOKUP_GRACE_MS: '5000' })).toThrow(/LOOKUP_GRACE_MS: must be at least CARRIER_TIMEOUT_MS \+ 3000 \(13000\)/);
+    expect(() => loadConfig({ MAINTENANCE_INTERVAL_MS: '10' })).toThrow(/MAINTENANCE_INTERVAL_MS: must be between 250/);
+  });
+
   it('the CLI stops at start-up with the variable named, before touching anything', () => {
     const result = spawnSync(process.execPath, ['bin/credence.mjs', 'start'], {
       env: { PATH: process.env.PATH, PORT: '99999', CREDENCE_HOME: '/nonexistent/never-created' },

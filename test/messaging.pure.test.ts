@@ -150,6 +150,8 @@ describe('retry policy', () => {
     expect(backoffMs(1, 0)).toBe(24_000);
     expect(backoffMs(1, 0.999999)).toBe(36_000);
     expect(retryDecision(MAX_ATTEMPTS, 0.5)).toEqual({ retry: false, reason: 'attempts_exhausted' });
+    // on a fast clock (SEND_RETRY_BASE_MS) the shape is the same, the cap 10× the base
+    expect([1, 2, 3, 4, 5, 6].map((n) => backoffMs(n, 0.5, 400))).toEqual([400, 800, 1600, 3200, 4000, 4000]);
     fc.assert(
       fc.property(fc.integer({ min: 1, max: 20 }), fc.double({ min: 0, max: 0.9999, noNaN: true }), (n, r) => {
         const d = backoffMs(n, r);

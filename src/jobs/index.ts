@@ -105,7 +105,7 @@ export function buildTaskList(deps: TaskDeps): TaskList {
 }
 
 /** Advisory lock key of the reconciliation (any constant unique among Credence's session locks). */
-const RECONCILE_LOCK = 0x43524543; // "CREC"
+export const RECONCILE_LOCK = 0x43524543; // "CREC"
 
 export const CRONTAB = [
   '0 * * * * ledger_verify ?max=1',
