@@ -1,0 +1,231 @@
+/**
+ * The chaos run's plan, pure: from a seed and a scale, the organizations,
+ * workspaces, audiences and the whole schedule of actions and faults. The
+ * same seed gives the same plan (the run replays it; what the processes make
+ * of it under a real scheduler may still differ, the checks do not).
+ */
+import { createRandom } from '../src/carriers/simulator/faults.ts';
+
+export interface Scale {
+  name: string;
+  /** Campaign recipients in all. */
+  recipients: number;
+  /** API single sends (each key posted two or three times). */
+  apiSends: number;
+  /** How long actions and faults go on once sending started. */
+  actionWindowMs: number;
+  workers: number;
+  /** How long the run may take to settle after the actions before it gives up. */
+  settleTimeoutMs: number;
+}
+
+export const SCALES: Readonly<Record<string, Scale>> = {
+  small: { name: 'small', recipients: 10_000, apiSends: 120, actionWindowMs: 45_000, workers: 3, settleTimeoutMs: 150_000 },
+  default: { name: 'default', recipients: 100_000, apiSends: 600, actionWindowMs: 150_000, workers: 3, settleTimeoutMs: 900_000 },
+  large: { name: 'large', recipients: 300_000, apiSends: 1_000, actionWindowMs: 300_000, workers: 4, settleTimeoutMs: 1_800_000 },
+};
+
+/** `--scale small|default|large|<recipients>` */
+export function parseScale(text: string): Scale | { error: string } {
+  const named = SCALES[text];
+  if (named !== undefined) return named;
+  if (/^\d+$/.test(text) && Number(text) >= 1_000 && Number(text) <= 2_000_000) {
+    const recipients = Number(text);
+    const ratio = recipients / 100_000;
+    return {
+      name: text,
+      recipients,
+      apiSends: Math.max(60, Math.round(600 * ratio)),
+      actionWindowMs: Math.max(45_000, Math.round(150_000 * Math.min(2, ratio))),
+      workers: 3,
+      settleTimeoutMs: Math.max(150_000, Math.round(900_000 * ratio)),
+    };
+  }
+  return { error: `--scale must be small, default, large or a number of recipients from 1000 to 2000000, got "${text}"` };
+}
+
+export type OrgKey = 'acme' | 'bloom' | 'cobalt';
+
+export interface CampaignPlan {
+  key: string;
+  workspace: string;
+  recipients: number;
+  /** Audience phones are +1 <area> <first + i>, seven digits. */
+  area: string;
+  firstLine: number;
+}
+
+export interface WorkspacePlan {
+  key: string;
+  org: OrgKey;
+  sender: string;
+  /**
+   * A marketing window opening this long after sending starts (for part of
+   * the audience): quiet hours that end mid-run.
+   */
+  windowOpensAfterMs?: number;
+  /** API single sends go here (transactional, no hourly cap). */
+  api?: boolean;
+}
+
+export interface OrgPlan {
+  key: OrgKey;
+  name: string;
+  /** Credits granted before sending: about 70 % of the audience's cost. */
+  startCredits: number;
+  /** A subscription from the start (Bloom). */
+  subscribed: boolean;
+}
+
+export type Action =
+  | { atMs: number; kind: 'kill_worker'; worker: number }
+  | { atMs: number; kind: 'pg_restart'; downMs: number }
+  | { atMs: number; kind: 'outage'; durationMs: number }
+  | { atMs: number; kind: 'purchase'; org: OrgKey }
+  | { atMs: number; kind: 'renewal' }
+  | { atMs: number; kind: 'rollback'; org: OrgKey; amount: number; repeat: boolean }
+  | { atMs: number; kind: 'subscription_cancel'; org: OrgKey }
+  | { atMs: number; kind: 'subscription_reactivate'; org: OrgKey }
+  | { atMs: number; kind: 'dispute_open'; org: OrgKey }
+  | { atMs: number; kind: 'dispute_close'; org: OrgKey }
+  | { atMs: number; kind: 'storm'; campaign: string; toggles: number }
+  | { atMs: number; kind: 'stop'; campaign: string; seqs: number[] }
+  | { atMs: number; kind: 'api_send'; index: number; copies: number; concurrent: boolean };
+
+export interface Scenario {
+  seed: number;
+  scale: Scale;
+  orgs: OrgPlan[];
+  workspaces: WorkspacePlan[];
+  campaigns: CampaignPlan[];
+  /** Pack size in credits (BILLING_CATALOG) and the plan's monthly allowance. */
+  packCredits: number;
+  planCredits: number;
+  faults: {
+    latencyMs: { min: number; max: number };
+    errors: Record<string, number>;
+    dropAfterAccept: number;
+    finalStatus: { undelivered: number; failed: number };
+    duplicateCallbacks: number;
+    reorderCallbacks: number;
+  };
+  /** Stripe webhook delivery faults. */
+  delivery: { duplicateRate: number; reorderWindowMs: number };
+  actions: Action[];
+}
+
+const SHARES: { key: string; workspace: string; org: OrgKey; share: number; area: string }[] = [
+  { key: 'acme-spring', workspace: 'acme-shop', org: 'acme', share: 0.3, area: '415' },
+  { key: 'acme-outlet', workspace: 'acme-outlet', org: 'acme', share: 0.15, area: '312' },
+  { key: 'bloom-news', workspace: 'bloom-studio', org: 'bloom', share: 0.25, area: '206' },
+  { key: 'cobalt-promo', workspace: 'cobalt-store', org: 'cobalt', share: 0.3, area: '617' },
+];
+
+export function planScenario(seed: number, scale: Scale): Scenario {
+  const random = createRandom(seed);
+  const between = (min: number, max: number) => min + Math.floor(random() * (max - min + 1));
+  const W = scale.actionWindowMs;
+  const at = (fromShare: number, toShare: number) => between(Math.round(W * fromShare), Math.round(W * toShare));
+
+  const campaigns: CampaignPlan[] = [];
+  let assigned = 0;
+  SHARES.forEach((s, i) => {
+    const recipients = i === SHARES.length - 1 ? scale.recipients - assigned : Math.round(scale.recipients * s.share);
+    assigned += recipients;
+    campaigns.push({ key: s.key, workspace: s.workspace, recipients, area: s.area, firstLine: 2_000_000 + i * 10_000 });
+  });
+  const audienceOf = (org: OrgKey) => campaigns.filter((c) => SHARES.find((s) => s.key === c.key)!.org === org).reduce((n, c) => n + c.recipients, 0);
+
+  const orgs: OrgPlan[] = [
+    { key: 'acme', name: 'Acme Shops', startCredits: Math.round(audienceOf('acme') * 0.7), subscribed: false },
+    { key: 'bloom', name: 'Bloom Studio', startCredits: 0, subscribed: true },
+    { key: 'cobalt', name: 'Cobalt Store', startCredits: Math.round(audienceOf('cobalt') * 0.7), subscribed: false },
+  ];
+  const planCredits = Math.round(audienceOf('bloom') * 0.35);
+  // Bloom's 70 %: the plan's allowance plus a grant.
+  orgs[1]!.startCredits = Math.round(audienceOf('bloom') * 0.7) - planCredits;
+  const workspaces: WorkspacePlan[] = [
+    { key: 'acme-shop', org: 'acme', sender: '+14155550101' },
+    { key: 'acme-outlet', org: 'acme', sender: '+13125550102' },
+    { key: 'bloom-studio', org: 'bloom', sender: '+12065550103', windowOpensAfterMs: Math.max(20_000, Math.round(W * 0.4)) },
+    { key: 'cobalt-store', org: 'cobalt', sender: '+16175550104' },
+    { key: 'cobalt-api', org: 'cobalt', sender: '+16175550105', api: true },
+  ];
+
+  const actions: Action[] = [];
+  // a worker SIGKILLed every few seconds, and restarted
+  for (let t = between(2_000, 5_000); t < W; t += between(3_000, 7_000)) actions.push({ atMs: t, kind: 'kill_worker', worker: between(0, scale.workers - 1) });
+  actions.push({ atMs: at(0.45, 0.6), kind: 'pg_restart', downMs: between(2_000, 4_000) });
+  actions.push({ atMs: at(0.15, 0.3), kind: 'outage', durationMs: 20_000 });
+  const packCredits = Math.max(50, Math.round(scale.recipients * 0.04));
+  for (const org of ['acme', 'bloom', 'cobalt'] as const) {
+    const purchases = between(2, 3);
+    for (let i = 0; i < purchases; i++) actions.push({ atMs: at(0.1, 0.9), kind: 'purchase', org });
+  }
+  actions.push({ atMs: at(0.2, 0.35), kind: 'renewal' });
+  actions.push({ atMs: at(0.7, 0.85), kind: 'renewal' });
+  for (const org of ['acme', 'cobalt'] as const) {
+    actions.push({ atMs: at(0.1, 0.8), kind: 'rollback', org, amount: Math.max(5, Math.round(audienceOf(org) * 0.03)), repeat: random() < 0.5 });
+  }
+  const cancelAt = at(0.3, 0.45);
+  actions.push({ atMs: cancelAt, kind: 'subscription_cancel', org: 'bloom' });
+  actions.push({ atMs: cancelAt + between(5_000, 10_000), kind: 'subscription_reactivate', org: 'bloom' });
+  const disputeAt = at(0.05, 0.3);
+  actions.push({ atMs: disputeAt, kind: 'dispute_open', org: 'cobalt' });
+  actions.push({ atMs: disputeAt + between(5_000, 10_000), kind: 'dispute_close', org: 'cobalt' });
+  for (const key of ['acme-spring', 'cobalt-promo', 'acme-outlet']) {
+    const storms = between(1, 2);
+    for (let i = 0; i < storms; i++) actions.push({ atMs: at(0.05, 0.85), kind: 'storm', campaign: key, toggles: 2 * between(3, 6) });
+  }
+  for (const c of campaigns) {
+    // STOPs from recipients near the end of the audience: still waiting when they arrive
+    const seqs = Array.from({ length: between(5, 15) }, () => c.recipients - between(1, Math.max(2, Math.round(c.recipients * 0.3))));
+    actions.push({ atMs: at(0.05, 0.5), kind: 'stop', campaign: c.key, seqs: [...new Set(seqs)].sort((a, b) => a - b) });
+  }
+  for (let i = 0; i < scale.apiSends; i++) actions.push({ atMs: at(0, 0.95), kind: 'api_send', index: i, copies: between(2, 3), concurrent: random() < 0.5 });
+  actions.sort((a, b) => a.atMs - b.atMs);
+
+  return {
+    seed,
+    scale,
+    orgs,
+    workspaces,
+    campaigns,
+    packCredits,
+    planCredits,
+    faults: {
+      latencyMs: { min: 0, max: 5 },
+      // transient: 20429 and 5xx (6 %); permanent: 21211, 21614, 21610 (1.2 %)
+      errors: { '20429': 0.03, '20503': 0.03, '21211': 0.005, '21614': 0.004, '21610': 0.003 },
+      dropAfterAccept: 0.015,
+      finalStatus: { undelivered: 0.02, failed: 0.005 },
+      duplicateCallbacks: 0.05,
+      reorderCallbacks: 0.05,
+    },
+    delivery: { duplicateRate: 0.25, reorderWindowMs: 400 },
+    actions,
+  };
+}
+
+/** A campaign recipient's phone (E.164), by 1-based seq. */
+export function recipientPhone(c: CampaignPlan, seq: number): string {
+  return `+1${c.area}${String(c.firstLine + seq - 1).padStart(7, '0')}`;
+}
+
+/** An API send's phone. */
+export function apiPhone(index: number): string {
+  return `+1212${String(3_000_000 + index).padStart(7, '0')}`;
+}
+
+/**
+ * Recipients' time zones: fixed offsets where it is early afternoon at
+ * `now`, one to three hours apart, so every legal and default window is
+ * open; `seq` picks one. Offsets are whole hours: the quiet-hours check
+ * needs no DST.
+ */
+export function zoneFor(seq: number, now: Date): string {
+  const base = ((13 - now.getUTCHours() + 36) % 24) - 12;
+  const offset = base + (seq % 3);
+  const clamped = Math.max(-12, Math.min(14, offset));
+  return clamped === 0 ? 'Etc/UTC' : clamped > 0 ? `Etc/GMT-${clamped}` : `Etc/GMT+${-clamped}`;
+}
