@@ -283,6 +283,18 @@ export async function perform(stack: ChaosStack, scenario: Scenario, world: Worl
       await call(`${stack.paymentsUrl}/_sim/disputes/${world.disputeId}/close`, { body: { outcome: 'won' } });
       return;
     }
+    case 'operator_freeze': {
+      const org = orgOf(action.org);
+      await call(`${api}/v1/organizations/${org.id}/freeze`, { key: stack.opKey, body: { reason: 'chaos: operator freeze' } });
+      records.windows.push({ gate: 'freeze', organizationId: org.id, from: Date.now(), to: Infinity });
+      return;
+    }
+    case 'operator_unfreeze': {
+      const org = orgOf(action.org);
+      closeWindow(records, (w) => w.gate === 'freeze' && w.organizationId === org.id);
+      await call(`${api}/v1/organizations/${org.id}/unfreeze`, { key: stack.opKey, body: { reason: 'chaos: operator unfreeze' } });
+      return;
+    }
     case 'storm': {
       const c = world.campaigns.get(action.campaign)!;
       const ws = world.workspaces.get(c.plan.workspace)!;

@@ -88,6 +88,8 @@ export type Action =
   | { atMs: number; kind: 'subscription_reactivate'; org: OrgKey }
   | { atMs: number; kind: 'dispute_open'; org: OrgKey }
   | { atMs: number; kind: 'dispute_close'; org: OrgKey }
+  | { atMs: number; kind: 'operator_freeze'; org: OrgKey }
+  | { atMs: number; kind: 'operator_unfreeze'; org: OrgKey }
   | { atMs: number; kind: 'storm'; campaign: string; toggles: number }
   | { atMs: number; kind: 'stop'; campaign: string; seqs: number[] }
   | { atMs: number; kind: 'api_send'; index: number; copies: number; concurrent: boolean };
@@ -173,6 +175,9 @@ export function planScenario(seed: number, scale: Scale): Scenario {
   const disputeAt = at(0.05, 0.3);
   actions.push({ atMs: disputeAt, kind: 'dispute_open', org: 'cobalt' });
   actions.push({ atMs: disputeAt + between(5_000, 10_000), kind: 'dispute_close', org: 'cobalt' });
+  const freezeAt = at(0.5, 0.7);
+  actions.push({ atMs: freezeAt, kind: 'operator_freeze', org: 'acme' });
+  actions.push({ atMs: freezeAt + between(3_000, 8_000), kind: 'operator_unfreeze', org: 'acme' });
   for (const key of ['acme-spring', 'cobalt-promo', 'acme-outlet']) {
     const storms = between(1, 2);
     for (let i = 0; i < storms; i++) actions.push({ atMs: at(0.05, 0.85), kind: 'storm', campaign: key, toggles: 2 * between(3, 6) });

@@ -44,7 +44,7 @@ describe('a campaign under a pause/resume storm, two workers, one killed mid-bat
       method: 'POST',
       url: '/v1/sender-numbers',
       headers: { authorization: `Bearer ${p.tenant.workspaceKey}` },
-      payload: { phone_number: '+14155550166', mps: 80 },
+      payload: { phone_number: '+14155550166', mps: 40 },
     });
     const { id } = await createCampaign(p, audience.listId, { from: '+14155550166' });
     let a = await worker();

@@ -19,7 +19,7 @@ describe('chaos scenario', () => {
       expect(permanent).toBeGreaterThanOrEqual(0.01);
       expect(s.faults.dropAfterAccept).toBeGreaterThanOrEqual(0.01);
       const kinds = new Set(s.actions.map((a) => a.kind));
-      for (const k of ['kill_worker', 'pg_restart', 'outage', 'purchase', 'renewal', 'rollback', 'subscription_cancel', 'subscription_reactivate', 'dispute_open', 'dispute_close', 'storm', 'stop', 'api_send'] as const) {
+      for (const k of ['kill_worker', 'pg_restart', 'outage', 'purchase', 'renewal', 'rollback', 'subscription_cancel', 'subscription_reactivate', 'dispute_open', 'dispute_close', 'operator_freeze', 'operator_unfreeze', 'storm', 'stop', 'api_send'] as const) {
         expect(kinds.has(k), `${scale.name}: ${k}`).toBe(true);
       }
       expect(s.actions.filter((a) => a.kind === 'pg_restart')).toHaveLength(1);
@@ -31,6 +31,7 @@ describe('chaos scenario', () => {
       const at = (k: string) => s.actions.find((a) => a.kind === k)!.atMs;
       expect(at('subscription_reactivate')).toBeGreaterThan(at('subscription_cancel'));
       expect(at('dispute_close')).toBeGreaterThan(at('dispute_open'));
+      expect(at('operator_unfreeze')).toBeGreaterThan(at('operator_freeze'));
       // credits at the start cover about 70 % of the audience
       const start = s.orgs.reduce((n, o) => n + o.startCredits, 0) + s.planCredits;
       expect(start / scale.recipients).toBeCloseTo(0.7, 1);

@@ -26,6 +26,27 @@ const noonLA = new Date('2026-11-24T20:00:00Z');
 const nightLA = new Date('2026-11-24T07:30:00Z'); // 23:30 the day before, local
 
 describe('the send-time decision', () => {
+  it('a message whose carrier call may come after its window closes is deferred, not claimed (property)', () => {
+    // marketing in Los Angeles: 10:00–19:00 local by default; 19:00 PST = 03:00 UTC the next day
+    const close = new Date('2026-11-25T03:00:00Z');
+    expect(decide(row(), open, new Date(close.getTime() - 1_000), 2_000)).toMatchObject({ action: 'defer', reason: 'quiet_hours' });
+    expect(decide(row(), open, new Date(close.getTime() - 3_000), 2_000)).toEqual({ action: 'go' });
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 7 * 86_400_000 }), fc.integer({ min: 0, max: 10_000 }), (offset, within) => {
+        const now = new Date(noonLA.getTime() + offset);
+        const d = decide(row(), open, now, within);
+        if (d.action === 'go') {
+          // open at every instant the call can be made
+          for (const t of [0, within / 2, within]) expect(decide(row(), open, new Date(now.getTime() + t))).toEqual({ action: 'go' });
+        } else {
+          expect(d).toMatchObject({ action: 'defer' });
+          if (d.action === 'defer') expect(decide(row(), open, d.until)).toEqual({ action: 'go' });
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   it('checks gates, then country, then consent, then the window', () => {
     expect(decide(row(), { ...open, organizationFrozen: true }, noonLA)).toEqual({ action: 'block', reason: 'organization_frozen' });
     expect(decide(row({ country: 'GB', to_number: '+447400123456' }), open, noonLA)).toEqual({ action: 'skip', reason: 'country_not_allowed' });

@@ -54,7 +54,8 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     const refused: Refusals = { block: [], skip: [], defer: [] };
     const passed: ClaimRow[] = [];
     for (const m of rows) {
-      const d = decide(m, { organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt }, now);
+      // the carrier call may wait up to the slot horizon: the window must be open until then
+      const d = decide(m, { organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt }, now, deps.slotHorizonMs ?? 2_000);
       switch (d.action) {
         case 'go':
           passed.push(m);

@@ -45,7 +45,13 @@ export function policyFor(row: RuleRow): SendPolicy {
   return sendPolicy({ purpose: row.purpose, country: row.country, e164: row.to_number, ...(own !== undefined && { workspaceWindow: own }) });
 }
 
-export function decide(row: RuleRow, gates: GateContext, now: Date): SendDecision {
+/**
+ * `withinMs`: the carrier call may come that long after `now` (the claim's
+ * wait for a sender rate slot); the recipient's window must still be open
+ * then, or the message is deferred to its next opening (G5: quiet hours at
+ * the moment of sending, not only at the claim).
+ */
+export function decide(row: RuleRow, gates: GateContext, now: Date, withinMs = 0): SendDecision {
   // a message of a campaign that has ended will never go: done, not blocked
   if (row.campaign_ended) return { action: 'skip', reason: 'campaign_cancelled' };
   const gate = checkGates({ ...gates, campaignRunning: row.campaign_running, subscriptionOk: row.subscription_ok });
@@ -59,5 +65,11 @@ export function decide(row: RuleRow, gates: GateContext, now: Date): SendDecisio
   const zones = recipientZones({ contactZone: row.recipient_timezone, e164: row.to_number, country: row.country });
   const at = nextAllowedInstant(now, zones, policy);
   if (at.getTime() > now.getTime()) return { action: 'defer', reason: 'quiet_hours', until: at };
+  if (withinMs > 0) {
+    // a window is one stretch of the day: open at both ends, it is open in between
+    const last = new Date(now.getTime() + withinMs);
+    const next = nextAllowedInstant(last, zones, policy);
+    if (next.getTime() > last.getTime()) return { action: 'defer', reason: 'quiet_hours', until: next };
+  }
   return { action: 'go' };
 }
