@@ -26,6 +26,16 @@ async function progress(id: string) {
   return res.json() as { by_status: Record<string, number>; done: number; audience_size: number; credits: { reserved: number; captured: number } };
 }
 
+/** Take the organization's available credits down to `left` (an operator rollback). */
+async function spendAllBut(left: number): Promise<void> {
+  const { rows } = await sql<{ available: number }>`select (allowance_available + purchased_available)::int as available
+    from credit_accounts where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+  const spare = (rows[0]?.available ?? 0) - left;
+  if (spare > 0) {
+    await credits.adjust(p.tdb.db, { organizationId: p.tenant.organizationId, amount: -spare, reason: 'test', idempotencyKey: `spend-${Date.now()}-${left}`, actor: { type: 'system', id: 'test' } });
+  }
+}
+
 describe('credits run out mid-campaign', () => {
   it('sends exactly the affordable prefix, pauses, resumes on a grant, and ends with one copy per recipient', async () => {
     const audience = await makeAudience(p, 50, { firstPhone: 2000 });
@@ -169,13 +179,8 @@ describe('lifecycle', () => {
 describe('manual pause of a campaign that paused itself for credits', () => {
   it('stops its paid-for prefix too, and credits arriving do not resume it', async () => {
     const audience = await makeAudience(p, 20, { firstPhone: 9000 });
-    const { rows } = await sql<{ available: number }>`select (allowance_available + purchased_available)::int as available
-      from credit_accounts where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
     // spend everything but 10: the campaign pays for 10 of 20, then pauses itself
-    const spare = (rows[0]?.available ?? 0) - 10;
-    if (spare > 0) {
-      await credits.adjust(p.tdb.db, { organizationId: p.tenant.organizationId, amount: -spare, reason: 'test', idempotencyKey: `spend-${Date.now()}`, actor: { type: 'system', id: 'test' } });
-    }
+    await spendAllBut(10);
     await p.app.inject({ method: 'POST', url: '/v1/sender-numbers', headers: bearer(p.tenant.workspaceKey), payload: { phone_number: '+14155550133', mps: 2 } });
     const { id } = await createCampaign(p, audience.listId, { from: '+14155550133' });
     await campaignAction(p, id, 'start');
@@ -208,12 +213,7 @@ describe('manual pause of a campaign that paused itself for credits', () => {
 describe('credits that arrived before the pause for credits committed', () => {
   it('the sweep resumes the campaign once the credits cover a blocked message, not before', async () => {
     const audience = await makeAudience(p, 12, { firstPhone: 9100 });
-    const { rows } = await sql<{ available: number }>`select (allowance_available + purchased_available)::int as available
-      from credit_accounts where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
-    const spare = (rows[0]?.available ?? 0) - 4;
-    if (spare > 0) {
-      await credits.adjust(p.tdb.db, { organizationId: p.tenant.organizationId, amount: -spare, reason: 'test', idempotencyKey: `spend-race-${Date.now()}`, actor: { type: 'system', id: 'test' } });
-    }
+    await spendAllBut(4);
     const { id } = await createCampaign(p, audience.listId);
     await campaignAction(p, id, 'start');
     await waitForCampaign(p, id, (c) => c.status === 'paused' && c.pause_reason === 'insufficient_credits');
