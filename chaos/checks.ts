@@ -198,7 +198,7 @@ export async function checkLost(stack: ChaosStack, ev: Evidence, world: World, r
   const names = new Map([...world.campaigns].map(([k, c]) => [c.id, k]));
   return {
     name: 'lost',
-    count: missing[0]!.n + open + noReason + apiMissing + unfinished.length,
+    count: missing[0]!.n + open + noReason + apiMissing + unfinished.length + stuckSent.length,
     lines: [
       `recipients: ${recipients[0]!.n}, without a message: ${missing[0]!.n}; API keys: ${records.apiKeys.size}, answered ids not found: ${apiMissing}`,
       `messages by status: ${[...byStatus].sort().map(([s, n]) => `${s}=${n}`).join(' ')}`,

@@ -316,8 +316,18 @@ export async function perform(stack: ChaosStack, scenario: Scenario, world: Worl
       const ws = world.workspaces.get(c.plan.workspace)!;
       for (const seq of action.seqs) {
         const phone = recipientPhone(c.plan, seq);
-        const { json } = await call(`${stack.simUrl}/_sim/inbound`, { body: { from: phone, to: ws.sender, body: seq % 2 === 0 ? 'STOP' : 'unsubscribe' } });
-        if (json.status === 200) records.windows.push({ gate: 'stop', workspaceId: ws.id, phone, from: Date.now(), to: Infinity });
+        // Twilio does not retry an inbound webhook the API failed to take (the database
+        // may be restarting): the person texts STOP again until it is taken.
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          const { json } = await call(`${stack.simUrl}/_sim/inbound`, { body: { from: phone, to: ws.sender, body: seq % 2 === 0 ? 'STOP' : 'unsubscribe' } });
+          if (json.status === 200) {
+            records.windows.push({ gate: 'stop', workspaceId: ws.id, phone, from: Date.now(), to: Infinity });
+            break;
+          }
+          if (Date.now() > deadline) throw new Error(`STOP from ${phone} not taken: ${JSON.stringify(json)}`);
+          await sleep(500);
+        }
       }
       return;
     }

@@ -110,6 +110,7 @@ export interface Scenario {
     finalStatus: { undelivered: number; failed: number };
     duplicateCallbacks: number;
     reorderCallbacks: number;
+    loseFinalCallbacks: number;
   };
   /** Stripe webhook delivery faults. */
   delivery: { duplicateRate: number; reorderWindowMs: number };
@@ -206,6 +207,7 @@ export function planScenario(seed: number, scale: Scale): Scenario {
       finalStatus: { undelivered: 0.02, failed: 0.005 },
       duplicateCallbacks: 0.05,
       reorderCallbacks: 0.05,
+      loseFinalCallbacks: 0.01,
     },
     delivery: { duplicateRate: 0.25, reorderWindowMs: 400 },
     actions,

@@ -137,8 +137,13 @@ describe('send', () => {
     const oneSocket = adapter({ timeoutMs: 1_500, maxSockets: 1 });
     const [first, second] = await Promise.all([oneSocket.send(request({ body: 'holds the socket' })), oneSocket.send(request({ body: 'queued behind' }))]);
     expect(first).toMatchObject({ outcome: 'unknown' });
-    expect(second).toMatchObject({ outcome: 'not_sent' });
-    expect(sim.log().some((m) => m.body === 'queued behind')).toBe(false);
+    // Both time out at the same instant. Usually the second is still waiting
+    // for the socket then (not_sent); on a loaded machine the first's socket
+    // may be handed over just before the second's timer runs, and a request
+    // that got a connection is rightly unknown. Never not_sent for a message
+    // the carrier has.
+    expect(['not_sent', 'unknown']).toContain(second.outcome);
+    if (second.outcome === 'not_sent') expect(sim.log().some((m) => m.body === 'queued behind')).toBe(false);
   });
 
   it('answers not_sent when the connection is refused', async () => {

@@ -271,6 +271,41 @@ describe('carrier faults', () => {
       await p.close();
     }
   });
+
+  it('final callbacks that never come: reconciliation asks the carrier, applies delivered and refunds undelivered', async () => {
+    const p = await startPipeline({ faults: { loseFinalCallbacks: 1 } });
+    try {
+      await grantCredits(p, 5);
+      const delivered = (await sendViaApi(p, { to: TO, body: 'lost callback, delivered' })).json.id as string;
+      await waitForStatus(p, delivered, ['sent']);
+      p.simulator.setFaults({ loseFinalCallbacks: 1, finalStatus: { undelivered: 1 } });
+      const undelivered = (await sendViaApi(p, { to: TO, body: 'lost callback, undelivered' })).json.id as string;
+      await waitForStatus(p, undelivered, ['sent']);
+      await eventually(async () => (p.simulator.log().every((e) => e.status === e.finalStatus) ? true : undefined));
+      await new Promise((r) => setTimeout(r, 500));
+      expect((await message(p, delivered)).status, 'no callback: still sent').toBe('sent');
+      expect(p.simulator.stats().callbacks.lost).toBe(2);
+
+      // reconciliation (a minute cron in production) once the lease has passed
+      await eventually(
+        async () => {
+          const { reconcile } = await import('../src/messaging/index.ts');
+          await reconcile(p.sendDeps);
+          const [a, b] = [await message(p, delivered), await message(p, undelivered)];
+          return a.status === 'delivered' && b.status === 'undelivered' ? true : undefined;
+        },
+        15_000,
+        'reconciliation to apply the final statuses',
+      );
+      expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ purchased: 4, spent: 1, reservedPurchased: 0 });
+      expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+      // settled: nothing more to ask
+      const { reconcile } = await import('../src/messaging/index.ts');
+      expect((await reconcile(p.sendDeps)).checked).toBe(0);
+    } finally {
+      await p.close();
+    }
+  });
 });
 
 describe('sender throughput', () => {

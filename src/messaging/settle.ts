@@ -144,12 +144,22 @@ export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileR
       limit 5000`.execute(trx);
     await captureFor(trx, uncaptured, 'carrier accepted (captured by reconciliation)');
   });
+  const lease = `${deps.leaseMs ?? DEFAULT_LEASE_MS} milliseconds`;
+  const horizon = `${deps.horizonMs ?? RECONCILIATION_HORIZON_MS} milliseconds`;
   const { rows } = await sql<store.MessageRow>`select * from messages
     where (status = 'sending' and lease_until < now())
        or (status = 'unknown' and updated_at < now() - interval '30 seconds')
+       -- accepted, but its final status never came (a lost callback): asked at
+       -- ages of about one lease, two, four, … until the horizon
+       or (status = 'sent' and sent_at > now() - ${horizon}::interval
+           and updated_at < now() - greatest(${lease}::interval, (now() - sent_at) / 2))
     order by updated_at limit ${limit}`.execute(deps.db);
   for (const m of rows) {
     report.checked++;
+    if (m.status === 'sent') {
+      if (await settleSent(deps, m)) report.settled++;
+      continue;
+    }
     let found: CarrierMessage | undefined;
     let lookedUp = false;
     try {
@@ -212,6 +222,29 @@ export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileR
     });
   }
   return report;
+}
+
+/**
+ * A `sent` message whose final status never arrived: the carrier is asked;
+ * a final status applies (an undelivered one is refunded as its callback
+ * would have been); otherwise it is asked again later.
+ */
+async function settleSent(deps: SendDeps, m: store.MessageRow): Promise<boolean> {
+  let found: CarrierMessage | undefined;
+  try {
+    if (m.provider_sid !== null) found = await deps.carrier.fetchMessage(m.provider_sid);
+  } catch (err) {
+    deps.log.warn({ message_id: m.id, err: (err as Error).message }, 'carrier look-up failed');
+  }
+  return deps.db.transaction().execute(async (trx) => {
+    const event = found === undefined ? undefined : eventForCarrierStatus(found.status);
+    if (found !== undefined && event !== undefined && event !== 'carrier_sent') {
+      const { rows } = await sql<store.MessageRow>`select * from messages where id = ${m.id} and status = 'sent' for update`.execute(trx);
+      if (rows[0] !== undefined && (await applyCarrierReport(trx, rows[0], { providerSid: found.providerSid, status: found.status, errorCode: found.errorCode }, 'reconciliation'))) return true;
+    }
+    await sql`update messages set updated_at = now() where id = ${m.id} and status = 'sent'`.execute(trx);
+    return false;
+  });
 }
 
 /** Periodic safety net: wake dispatchers with due work and re-add send jobs lost to exhausted job retries. */

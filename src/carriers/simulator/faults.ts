@@ -27,6 +27,8 @@ export interface FaultProfile {
   duplicateCallbacks?: number;
   /** Probability that a message's final callback is posted before its `sent` one. */
   reorderCallbacks?: number;
+  /** Probability that a message's final callback is never posted (the message still reaches its final status). */
+  loseFinalCallbacks?: number;
 }
 
 export const NO_FAULTS: FaultProfile = Object.freeze({});
@@ -73,6 +75,8 @@ export interface CallbackPlan {
   duplicateFinal: boolean;
   /** Post the final callback before the `sent` one. */
   reorder: boolean;
+  /** Never post the final callback. */
+  loseFinal: boolean;
 }
 
 export interface CreateDecision {
@@ -99,7 +103,7 @@ const pick = <T>(u: number, list: readonly T[]): T => list[Math.min(list.length 
  * meets the same fate in every run with the same seed.
  */
 export function decideCreate(profile: FaultProfile, random: () => number, delays: CallbackDelays): CreateDecision {
-  // Two draws are spare, so a decision added later need not shift the sequences of existing seeds.
+  // The last draw is spare, so a decision added later need not shift the sequences of existing seeds.
   const u = Array.from({ length: 12 }, () => random());
   const latency = profile.latencyMs ?? { min: 0, max: 0 };
   let errorCode: number | null = null;
@@ -134,6 +138,7 @@ export function decideCreate(profile: FaultProfile, random: () => number, delays
       duplicateSent: u[7]! < duplicate,
       duplicateFinal: u[8]! < duplicate,
       reorder: u[9]! < (profile.reorderCallbacks ?? 0),
+      loseFinal: u[10]! < (profile.loseFinalCallbacks ?? 0),
     },
   };
 }
@@ -170,6 +175,7 @@ export function parseFaultProfile(input: unknown): Parsed {
     'finalStatus',
     'duplicateCallbacks',
     'reorderCallbacks',
+    'loseFinalCallbacks',
   ]);
   for (const key of Object.keys(input)) if (!known.has(key)) errors.push(`unknown field ${key}`);
   const { latencyMs, outages, finalStatus, outageMode } = input;
@@ -184,7 +190,7 @@ export function parseFaultProfile(input: unknown): Parsed {
       profile.errors = table as Record<string, number>;
     else errors.push('errors must map five-digit Twilio codes to probabilities in [0, 1]');
   }
-  for (const key of ['dropAfterAccept', 'hangAfterAccept', 'duplicateCallbacks', 'reorderCallbacks'] as const) {
+  for (const key of ['dropAfterAccept', 'hangAfterAccept', 'duplicateCallbacks', 'reorderCallbacks', 'loseFinalCallbacks'] as const) {
     const value = input[key];
     if (value === undefined) continue;
     if (isProbability(value)) profile[key] = value;

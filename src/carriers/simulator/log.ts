@@ -21,7 +21,7 @@ export interface SimStats {
   outageRejected: number;
   /** Final statuses reached so far. */
   finalStatus: { delivered: number; undelivered: number; failed: number };
-  callbacks: { posted: number; attempts: number; failedAttempts: number; gaveUp: number; duplicated: number; reordered: number };
+  callbacks: { posted: number; attempts: number; failedAttempts: number; gaveUp: number; duplicated: number; reordered: number; lost: number };
   inbound: { posted: number; failed: number };
 }
 
@@ -36,7 +36,7 @@ export function emptyStats(): SimStats {
     injected: {},
     outageRejected: 0,
     finalStatus: { delivered: 0, undelivered: 0, failed: 0 },
-    callbacks: { posted: 0, attempts: 0, failedAttempts: 0, gaveUp: 0, duplicated: 0, reordered: 0 },
+    callbacks: { posted: 0, attempts: 0, failedAttempts: 0, gaveUp: 0, duplicated: 0, reordered: 0, lost: 0 },
     inbound: { posted: 0, failed: 0 },
   };
 }

@@ -104,7 +104,11 @@ export function scheduleDelivery(state: SimState, m: SimMessage, plan: CallbackP
     m.errorCode = finalErrorCode;
     touch();
     state.stats.finalStatus[m.finalStatus]++;
-    if (plan.reorder) {
+    if (plan.loseFinal) {
+      // the carrier knows the final status (a look-up sees it); the callback never comes
+      state.stats.callbacks.lost++;
+      releaseSent?.();
+    } else if (plan.reorder) {
       state.stats.callbacks.reordered++;
       void post(m.status, m.errorCode, plan.duplicateFinal).finally(() => releaseSent?.());
     } else {
