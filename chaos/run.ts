@@ -63,10 +63,9 @@ async function drive(stack: ChaosStack, scenario: ReturnType<typeof planScenario
 
   say(`set up in ${((Date.now() - started) / 1000).toFixed(0)} s; starting ${world.campaigns.size} campaigns and ${scenario.actions.length} actions`);
   const t0 = Date.now();
-  for (const [key, c] of world.campaigns) {
+  for (const c of world.campaigns.values()) {
     const ws = world.workspaces.get(c.plan.workspace)!;
     await call(`${stack.apiUrl}/v1/campaigns/${c.id}/start`, { key: ws.key, body: {} });
-    void key;
   }
   let sampling = true;
   const sampler = (async () => {

@@ -42,7 +42,7 @@ export const FAST_CLOCK: Record<string, string> = {
   LOOKUP_GRACE_MS: '5000',
   SEND_RETRY_BASE_MS: '400',
   MAINTENANCE_INTERVAL_MS: '1000',
-  RECONCILIATION_HORIZON_MS: '90000',
+  RECONCILIATION_HORIZON_MS: '600000',
 };
 
 export async function startChaosStack(scenario: Scenario, log: (line: string) => void): Promise<ChaosStack> {

@@ -14,7 +14,7 @@ import { backoffMs, type BreakerState, type Dispatcher, startDispatcher } from '
 import { type BillingDeps, type Catalog, createStripePayments, DEFAULT_CATALOG } from './payments/index.ts';
 import { type PaymentsSimulator, startPaymentsSimulator } from './payments/simulator/index.ts';
 import { type Config, ConfigError } from './config.ts';
-import { createDb, createPool, type Db } from './db/db.ts';
+import { createDb, createPool, type Db, waitForDatabase } from './db/db.ts';
 import { type EmbeddedPostgres, startEmbeddedPostgres } from './db/embedded.ts';
 import { migrate } from './db/migrate.ts';
 import { buildApp, closeApp } from './http/app.ts';
@@ -43,6 +43,13 @@ export async function openDatabase(config: Config, log: Logger): Promise<Databas
     url = embedded.url;
   }
   const pool = createPool(url, config.dbPoolSize);
+  if (embedded === undefined) {
+    // an external server may be restarting as this process starts: wait for it a while
+    await waitForDatabase(pool, 30_000, (reason) => log.warn({ reason }, 'waiting for PostgreSQL')).catch(async (err: unknown) => {
+      await pool.end().catch(() => {});
+      throw err;
+    });
+  }
   const db = createDb(pool);
   let closed: Promise<void> | undefined;
   return {

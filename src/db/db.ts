@@ -40,3 +40,28 @@ export function createPool(connectionString: string, max: number): pg.Pool {
 export function createDb(pool: pg.Pool): Db {
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
 }
+
+/** Errors that mean "the server is not there yet" (restarting, starting up), not "you may not". */
+const TRANSIENT_CONNECT = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', '57P01', '57P02', '57P03']);
+
+/**
+ * Wait until PostgreSQL answers, for a process started while its database
+ * restarts: up to `timeoutMs`, retrying only errors that mean the server is
+ * not there yet; a bad password or a missing database fails at once.
+ */
+export async function waitForDatabase(pool: pg.Pool, timeoutMs: number, onWait?: (reason: string) => void): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let told = false;
+  for (;;) {
+    try {
+      await pool.query('select 1');
+      return;
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? '';
+      if (!TRANSIENT_CONNECT.has(code) || Date.now() >= deadline) throw err;
+      if (!told) onWait?.((err as Error).message);
+      told = true;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}

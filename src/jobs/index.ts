@@ -109,7 +109,8 @@ export const RECONCILE_LOCK = 0x43524543; // "CREC"
 
 export const CRONTAB = [
   '0 * * * * ledger_verify ?max=1',
-  // one reconciliation at a time: see the task's session lock
-  '* * * * * reconcile ?max=1',
-  '* * * * * sweep ?max=1',
+  // one reconciliation at a time: see the task's session lock; maintenance
+  // runs before a backlog of sends (priority -10: MAINTENANCE_PRIORITY)
+  '* * * * * reconcile ?max=1&priority=-10',
+  '* * * * * sweep ?max=1&priority=-10',
 ].join('\n');

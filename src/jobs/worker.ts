@@ -30,6 +30,9 @@ function workerLogger(log: Logger): WorkerLogger {
   });
 }
 
+/** Maintenance jobs go before any backlog of sends (graphile-worker: lower runs first). */
+export const MAINTENANCE_PRIORITY = -10;
+
 export async function startWorker(options: {
   pool: pg.Pool;
   taskList: TaskList;
@@ -59,8 +62,9 @@ export async function startWorker(options: {
     const db = createDb(options.pool);
     timer = setInterval(() => {
       const add = async () => {
-        await addJob(db, 'reconcile', {}, { jobKey: 'maintenance:reconcile', jobKeyMode: 'preserve_run_at', maxAttempts: 1 });
-        await addJob(db, 'sweep', {}, { jobKey: 'maintenance:sweep', jobKeyMode: 'preserve_run_at', maxAttempts: 1 });
+        const options = { jobKeyMode: 'preserve_run_at', maxAttempts: 1, priority: MAINTENANCE_PRIORITY } as const;
+        await addJob(db, 'reconcile', {}, { ...options, jobKey: 'maintenance:reconcile' });
+        await addJob(db, 'sweep', {}, { ...options, jobKey: 'maintenance:sweep' });
       };
       // the database may be restarting: the next tick tries again
       add().catch((err: unknown) => options.log.warn({ err: (err as Error).message }, 'maintenance tick failed'));

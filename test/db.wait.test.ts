@@ -1,0 +1,52 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createPool, waitForDatabase } from '../src/db/db.ts';
+import { createTestDatabase, type TestDatabase } from './helpers/db.ts';
+import { freePort } from './helpers/ports.ts';
+
+/** A process started while its PostgreSQL restarts waits for it; a wrong password does not wait. */
+let tdb: TestDatabase;
+beforeAll(async () => {
+  tdb = await createTestDatabase();
+});
+afterAll(async () => {
+  await tdb?.close();
+});
+
+describe('waiting for the database at start-up', () => {
+  it('answers at once when the server is up', async () => {
+    const pool = createPool(tdb.url, 2);
+    try {
+      const waits: string[] = [];
+      await waitForDatabase(pool, 5_000, (r) => waits.push(r));
+      expect(waits).toEqual([]);
+    } finally {
+      await pool.end();
+    }
+  });
+
+  it('retries a server that is not there until the deadline, saying so once', async () => {
+    const pool = createPool(`postgres://x:y@127.0.0.1:${await freePort()}/none`, 2);
+    try {
+      const waits: string[] = [];
+      const started = Date.now();
+      await expect(waitForDatabase(pool, 800, (r) => waits.push(r))).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(750);
+      expect(waits).toHaveLength(1);
+    } finally {
+      await pool.end();
+    }
+  });
+
+  it('fails at once on an error that waiting cannot mend (a wrong password)', async () => {
+    const url = new URL(tdb.url);
+    url.password = 'wrong';
+    const pool = createPool(url.toString(), 2);
+    try {
+      const started = Date.now();
+      await expect(waitForDatabase(pool, 10_000)).rejects.toMatchObject({ code: '28P01' });
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      await pool.end();
+    }
+  });
+});
