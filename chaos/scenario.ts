@@ -4,7 +4,7 @@
  * same seed gives the same plan (the run replays it; what the processes make
  * of it under a real scheduler may still differ, the checks do not).
  */
-import { createRandom } from '../src/carriers/simulator/faults.ts';
+import { createRandom } from '../src/shared/random.ts';
 
 export interface Scale {
   name: string;

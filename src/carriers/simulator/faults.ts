@@ -55,17 +55,7 @@ export function httpStatusForCode(code: number): number {
   }
 }
 
-/** mulberry32: small, fast, and the same sequence for the same seed everywhere. */
-export function createRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { createRandom } from '../../shared/random.ts';
 
 export interface CallbackPlan {
   /** Delay of the `sent` event, and of the final one after it, in ms. */

@@ -194,17 +194,7 @@ export interface StripeEvent {
 
 export const list = <T>(data: T[], url: string) => ({ object: 'list' as const, data, has_more: false as const, total_count: data.length, url });
 
-/** mulberry32: a small seeded stream, so one seed gives the same ids and delivery faults. */
-export function createRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { createRandom } from '../../shared/random.ts';
 
 const ALPHABET = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 
