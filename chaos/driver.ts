@@ -64,10 +64,11 @@ export async function call(
   patienceMs = 20_000,
 ): Promise<{ status: number; json: Record<string, unknown> }> {
   const deadline = Date.now() + patienceMs;
+  const method = init.method ?? (init.body !== undefined || init.text !== undefined ? 'POST' : 'GET');
   for (;;) {
     try {
       const res = await fetch(url, {
-        method: init.method ?? (init.body !== undefined || init.text !== undefined ? 'POST' : 'GET'),
+        method,
         headers: {
           ...(init.key !== undefined && { authorization: `Bearer ${init.key}` }),
           ...(init.body !== undefined && { 'content-type': 'application/json' }),
@@ -83,7 +84,7 @@ export async function call(
         continue;
       }
       const json = text === '' ? {} : (JSON.parse(text) as Record<string, unknown>);
-      if (res.status >= 300) throw new HttpError(res.status, `${init.method ?? 'POST'} ${url}: ${res.status} ${text.slice(0, 300)}`);
+      if (res.status >= 300) throw new HttpError(res.status, `${method} ${url}: ${res.status} ${text.slice(0, 300)}`);
       return { status: res.status, json };
     } catch (err) {
       if (err instanceof HttpError || Date.now() >= deadline) throw err;

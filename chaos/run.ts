@@ -168,8 +168,11 @@ async function settle(stack: ChaosStack, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   let last = 0;
   while (Date.now() < deadline) {
+    // an open reservation with nothing in flight is a capture reconciliation has yet to make
+    // (its worker died after the carrier took the message): settled means none is left
     const done = await sql<{ open: number; campaigns: number }>`select
-        (select count(*)::int from messages where status in ('planned', 'queued', 'sending', 'unknown', 'deferred', 'blocked')) as open,
+        (select count(*)::int from messages where status in ('planned', 'queued', 'sending', 'unknown', 'deferred', 'blocked'))
+          + (select count(*)::int from credit_reservations where state = 'open') as open,
         (select count(*)::int from campaigns where status not in ('completed', 'cancelled')) as campaigns`
       .execute(stack.db)
       .then((r) => r.rows[0]!)
