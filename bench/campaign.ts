@@ -15,7 +15,7 @@ import { newId } from '../src/shared/ids.ts';
 import { daytimeZone } from '../test/helpers/campaigns.ts';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase } from './harness.ts';
+import { benchDatabase, cpuSnapshot, printCpu, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_CAMPAIGN_RECIPIENTS ?? 100_000);
@@ -73,6 +73,7 @@ try {
   })) as { id: string };
 
   process.stdout.write(`running a ${COUNT}-recipient campaign…\n`);
+  const cpu0 = await cpuSnapshot();
   const t0 = Date.now();
   await call('POST', `/v1/campaigns/${campaign.id}/start`, wsKey);
   const deadline = Date.now() + 20 * 60_000;
@@ -88,6 +89,8 @@ try {
   const log = (await (await fetch(`${simUrl}/_sim/log`)).json()) as { to: string }[];
   const duplicates = log.length - new Set(log.map((m) => m.to)).size;
   const rss = await peakRssMb(worker.child.pid);
+  printCpu(cpu0, await cpuSnapshot(), COUNT);
+  await printStatementStats(db, COUNT);
   process.stdout.write(`campaign: ${COUNT} at the carrier ${(elapsed / 1000).toFixed(1)} s after start; duplicates=${duplicates}\n`);
 
   worker.child.kill('SIGTERM');

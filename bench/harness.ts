@@ -7,6 +7,7 @@ import { migrate } from '../src/db/migrate.ts';
 import { createLogger } from '../src/shared/logger.ts';
 import { freePort } from '../test/helpers/ports.ts';
 import type pg from 'pg';
+import { sql } from 'kysely';
 
 /**
  * A fresh PostgreSQL for a benchmark: the embedded server with its default
@@ -21,7 +22,9 @@ export async function benchDatabase(poolSize = 10): Promise<{ db: Db; pool: pg.P
     await fs.chmod(dir, 0o755);
     // BENCH_DURABILITY=fast turns fsync off, to separate CPU cost from disk flushes.
     const durability = process.env.BENCH_DURABILITY === 'fast' ? 'fast' : 'durable';
-    const server = await startEmbeddedPostgres({ dir, port: await freePort(), log, durability });
+    // BENCH_PG_STATS=1 loads pg_stat_statements: printStatementStats() shows where the queries went.
+    const settings = process.env.BENCH_PG_STATS ? ['shared_preload_libraries=pg_stat_statements', 'pg_stat_statements.track=all'] : [];
+    const server = await startEmbeddedPostgres({ dir, port: await freePort(), log, durability, settings });
     url = server.url;
     stop = async () => {
       await server.stop('fast');
@@ -31,6 +34,7 @@ export async function benchDatabase(poolSize = 10): Promise<{ db: Db; pool: pg.P
   const pool = createPool(url, poolSize);
   await migrate(pool);
   const db = createDb(pool);
+  if (process.env.BENCH_PG_STATS) await sql`create extension if not exists pg_stat_statements`.execute(db);
   return {
     db,
     pool,
@@ -42,6 +46,58 @@ export async function benchDatabase(poolSize = 10): Promise<{ db: Db; pool: pg.P
   };
 }
 
+/** With BENCH_PG_STATS: the statements by total time, with calls per unit of work (e.g. per message). */
+export async function printStatementStats(db: Db, units: number, top = 25): Promise<void> {
+  if (!process.env.BENCH_PG_STATS) return;
+  const { rows } = await sql<{ calls: string; total_ms: number; query: string }>`
+    select calls::text, total_exec_time as total_ms, regexp_replace(query, '[[:space:]]+', ' ', 'g') as query
+    from pg_stat_statements order by total_exec_time desc limit ${top}`.execute(db);
+  const { rows: xact } = await sql<{ commits: string }>`select xact_commit::text as commits from pg_stat_database where datname = current_database()`.execute(db);
+  process.stdout.write(`statements (per unit = per ${units}); commits per unit ${(Number(xact[0]?.commits ?? 0) / units).toFixed(2)}\n`);
+  for (const r of rows) {
+    process.stdout.write(`${(Number(r.calls) / units).toFixed(3).padStart(8)} calls ${r.total_ms.toFixed(0).padStart(7)} ms  ${r.query.slice(0, 150)}\n`);
+  }
+}
+
 export function rate(n: number, ms: number): number {
   return Math.round((n / ms) * 1000);
+}
+
+/**
+ * CPU seconds used so far by each kind of process on this machine (user +
+ * system, with what exited children handed to their parent): `postgres`,
+ * the credence commands by name (`api`, `worker`, `simulator`), and `bench`
+ * for this process. Two snapshots' difference shows where a run's CPU went.
+ */
+export async function cpuSnapshot(): Promise<Map<string, number>> {
+  const ticks = 100; // USER_HZ on Linux
+  const out = new Map<string, number>();
+  const pids = (await fs.readdir('/proc')).filter((d) => /^\d+$/.test(d));
+  for (const pid of pids) {
+    try {
+      const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // utime, stime, cutime, cstime are fields 14–17 (index 11–14 after the command)
+      const cpu = (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / ticks;
+      const cmd = (await fs.readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+      const label =
+        Number(pid) === process.pid
+          ? 'bench'
+          : cmd[0]?.startsWith('postgres') || cmd[0]?.endsWith('/postgres')
+            ? 'postgres'
+            : (['api', 'worker', 'simulator'].find((c) => cmd.includes(c)) ?? undefined);
+      if (label !== undefined) out.set(label, (out.get(label) ?? 0) + cpu);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return out;
+}
+
+export function printCpu(before: Map<string, number>, after: Map<string, number>, units: number): void {
+  const parts = [...after].map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const).filter(([, v]) => v > 0);
+  const total = parts.reduce((s, [, v]) => s + v, 0);
+  process.stdout.write(
+    `cpu: ${parts.map(([k, v]) => `${k}=${v.toFixed(1)}s`).join(' ')} total=${total.toFixed(1)}s (${((total / units) * 1e6).toFixed(0)} µs per unit)\n`,
+  );
 }

@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase } from './harness.ts';
+import { benchDatabase, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_SEND_MESSAGES ?? 20_000);
@@ -85,6 +85,7 @@ try {
   const duplicates = log.length - new Set(log.map((m) => m.body)).size;
   const p50 = percentile(latencies, 50);
   const p99 = percentile(latencies, 99);
+  await printStatementStats(database.db, COUNT);
   process.stdout.write(`pipeline: ${COUNT} at the carrier ${((lastAccepted - t0) / 1000).toFixed(1)} s after the first request; duplicates=${duplicates}\n`);
 
   worker.child.kill('SIGTERM');

@@ -10,7 +10,7 @@ import {
   parseFaultProfile,
   startCarrierSimulator,
 } from './carriers/index.ts';
-import { backoffMs, type BreakerState, type Dispatcher, startDispatcher } from './messaging/index.ts';
+import { backoffMs, type BreakerState, type Capturer, type Dispatcher, startCapturer, startDispatcher } from './messaging/index.ts';
 import { type BillingDeps, type Catalog, createStripePayments, DEFAULT_CATALOG } from './payments/index.ts';
 import { type PaymentsSimulator, startPaymentsSimulator } from './payments/simulator/index.ts';
 import { type Config, ConfigError } from './config.ts';
@@ -224,6 +224,7 @@ export async function startCredence(
   let simulator: CarrierSimulator | undefined;
   let paymentsSimulator: PaymentsSimulator | undefined;
   let dispatcher: Dispatcher | undefined;
+  let capturer: Capturer | undefined;
   try {
     const carrierSetup = await openCarrier(config, log, roles.simulator ?? false);
     const { carrier } = carrierSetup;
@@ -247,6 +248,7 @@ export async function startCredence(
     let failed: Promise<Error> = new Promise(() => {});
     if (roles.worker) {
       dispatcher = await startDispatcher({ pool, db, log });
+      capturer = startCapturer({ db, log });
       worker = await startWorker({
         pool,
         taskList: buildTaskList({
@@ -262,6 +264,7 @@ export async function startCredence(
             lookupGraceMs: config.lookupGraceMs,
             horizonMs: config.reconciliationHorizonMs,
             retryDelayMs: (attempts, random) => backoffMs(attempts, random, config.retryBaseMs),
+            captures: capturer,
           },
           staleQueuedMs: 2 * config.maintenanceIntervalMs,
         }),
@@ -289,6 +292,7 @@ export async function startCredence(
         if (app) await step('closing the HTTP server', () => closeApp(app!));
         if (dispatcher) await step('stopping the dispatcher', () => dispatcher!.stop());
         if (worker) await step('stopping the worker', () => worker!.stop());
+        if (capturer) await step('stopping the capture drain', () => capturer!.stop());
         if (simulator) await step('stopping the carrier simulator', () => simulator!.stop());
         if (paymentsSimulator) await step('stopping the payments simulator', () => paymentsSimulator!.stop());
         await database.close();
@@ -300,6 +304,7 @@ export async function startCredence(
     await app?.close().catch(() => {});
     await dispatcher?.stop().catch(() => {});
     await worker?.stop().catch(() => {});
+    await capturer?.stop().catch(() => {});
     await simulator?.stop().catch(() => {});
     await paymentsSimulator?.stop().catch(() => {});
     await database.close();

@@ -481,6 +481,7 @@ function settleOp(kind: 'capture' | 'release' | 'refund') {
         const byId = new Map(rows.map((r) => [r.id, r]));
         const entries: store.EntryInsert[] = [];
         const settled: string[] = [];
+        const settledSet = new Set<string>();
         const items: SettleResult['items'] = [];
         for (const id of input.reservationIds) {
           const row = byId.get(id);
@@ -489,8 +490,8 @@ function settleOp(kind: 'capture' | 'release' | 'refund') {
             continue;
           }
           const amount = row.from_allowance + row.from_purchased;
-          if (row.state !== from || settled.includes(id)) {
-            const reason = settled.includes(id) ? refusalFor(to) : refusalFor(row.state);
+          if (row.state !== from || settledSet.has(id)) {
+            const reason = settledSet.has(id) ? refusalFor(to) : refusalFor(row.state);
             items.push({ reservation_id: id, message_id: row.message_id, amount, outcome: 'refused', reason });
             continue;
           }
@@ -511,6 +512,7 @@ function settleOp(kind: 'capture' | 'release' | 'refund') {
             ),
           );
           settled.push(id);
+          settledSet.add(id);
           items.push({ reservation_id: id, message_id: row.message_id, amount, outcome: to });
         }
         await store.settleReservations(trx, settled, to);

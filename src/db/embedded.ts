@@ -36,6 +36,8 @@ export interface EmbeddedOptions {
   /** `fast` turns off fsync: for throw-away test clusters only. */
   durability?: 'durable' | 'fast';
   maxConnections?: number;
+  /** More server settings (`name=value`), e.g. for a benchmark's statistics. */
+  settings?: readonly string[];
   log: Logger;
 }
 
@@ -230,6 +232,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
   if (options.durability === 'fast') {
     flags.push('-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off');
   }
+  for (const setting of options.settings ?? []) flags.push('-c', setting);
   const child: ChildProcess = spawn(bin.postgres, flags, {
     ...serverUser(),
     detached: true,

@@ -38,51 +38,21 @@ export interface Claimed {
 export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]> {
   const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
   return deps.db.transaction().execute(async (trx) => {
-    const { rows } = await sql<ClaimRow>`
-      select m.*, ${ruleColumns('claim')}, w.frequency_caps, w.hourly_cap,
-        o.frozen_at is not null as frozen, coalesce(a.debt, 0)::bigint as debt
-      from messages m
-      join workspaces w on w.id = m.workspace_id
-      join organizations o on o.id = m.organization_id
-      left join credit_accounts a on a.organization_id = m.organization_id
-      where m.id = any(${[...ids]}::text[]) and m.status = 'queued'
-        and coalesce(m.next_attempt_at, m.send_at) <= now()
-      order by m.id
-      for update of m skip locked`.execute(trx);
-
+    // Consent is looked up once, in the claim UPDATE's WHERE below (it is
+    // the costliest rule to evaluate); a message it stops is examined again,
+    // consent included, and refused with its reason.
+    const rows = await lockQueued(trx, ids, { consent: false });
     const now = new Date();
     const refused: Refusals = { block: [], skip: [], defer: [] };
-    const passed: ClaimRow[] = [];
-    for (const m of rows) {
-      // the carrier call may wait up to the slot horizon: the window must be open until then
-      const d = decide(m, { organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt }, now, deps.slotHorizonMs ?? 2_000);
-      switch (d.action) {
-        case 'go':
-          passed.push(m);
-          break;
-        case 'block':
-          refused.block.push({ row: m, reason: d.reason });
-          break;
-        case 'skip':
-          refused.skip.push({ row: m, reason: d.reason });
-          break;
-        case 'defer':
-          refused.defer.push({ row: m, reason: d.reason, until: d.until });
-          break;
-        default: {
-          const never: never = d;
-          throw new Error(`unhandled decision ${String(never)}`);
-        }
-      }
-    }
-
+    const passed = sortDecisions(deps, rows, now, refused);
     const limits = await applyLimits(trx, passed, now);
     for (const m of limits.capped) refused.skip.push({ row: m, reason: 'frequency_cap' });
     for (const { row, until } of limits.deferred) refused.defer.push({ row, reason: 'hourly_cap', until });
     const eligible = limits.allowed;
 
     // Sender rate: slots are taken under each sender row's lock, shared by
-    // all workers, in a fixed order (no lock cycles between claims).
+    // all workers, each in its own short statement outside this transaction
+    // (a slot this claim then does not use is left empty, never given twice).
     const bySender = new Map<string, ClaimRow[]>();
     for (const m of eligible) {
       const k = `${m.workspace_id}\u0000${m.from_number}`;
@@ -93,7 +63,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     for (const key of [...bySender.keys()].sort()) {
       const group = bySender.get(key)!;
       const first = group[0]!;
-      const slots = await takeSendSlots(trx, first.workspace_id, first.from_number, group.length, deps.slotHorizonMs ?? 2_000);
+      const slots = await takeSendSlots(deps.db, first.workspace_id, first.from_number, group.length, deps.slotHorizonMs ?? 2_000);
       group.forEach((m, i) => {
         if (i < slots.granted) go.push({ message: m, notBefore: slots.startAt + i * slots.intervalMs });
       });
@@ -131,12 +101,66 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
         trx,
         eligible.filter((m) => claimedIds.has(m.id)),
       );
+      // Stopped by the UPDATE's WHERE: no consent (not looked at above), or a
+      // gate that closed since. Examined again, consent included, and refused
+      // with the reason (they are still queued, and locked by this transaction).
+      const missed = go.filter((g) => !claimedIds.has(g.message.id)).map((g) => g.message.id);
+      const again = sortDecisions(deps, await lockQueued(trx, missed, { consent: true }), new Date(), refused);
+      // The rules let these go, yet the UPDATE did not: a gate moved in between; look again shortly.
+      if (again.length > 0) {
+        await addJob(trx, 'send', { messageIds: again.map((m) => m.id) }, { runAt: new Date(Date.now() + 1_000), maxAttempts: 10 });
+      }
     }
     // Last, so the account lock is the final lock this transaction takes.
     await refuse(trx, refused);
     const byId = new Map(go.map((g) => [g.message.id, g.notBefore]));
     return claimed.map((m) => ({ message: m, notBefore: byId.get(m.id) ?? Date.now() }));
   });
+}
+
+/** The batch's queued, due messages, locked, with every column the send rules need. */
+async function lockQueued(trx: Tx, ids: readonly string[], options: { consent: boolean }): Promise<ClaimRow[]> {
+  if (ids.length === 0) return [];
+  const { rows } = await sql<ClaimRow>`
+    select m.*, ${ruleColumns('claim', options)}, w.frequency_caps, w.hourly_cap,
+      o.frozen_at is not null as frozen, coalesce(a.debt, 0)::bigint as debt
+    from messages m
+    join workspaces w on w.id = m.workspace_id
+    join organizations o on o.id = m.organization_id
+    left join credit_accounts a on a.organization_id = m.organization_id
+    where m.id = any(${[...ids]}::text[]) and m.status = 'queued'
+      and coalesce(m.next_attempt_at, m.send_at) <= now()
+    order by m.id
+    for update of m skip locked`.execute(trx);
+  return rows;
+}
+
+/** The send rules for each message: those that may go now are returned, the rest added to `refused`. */
+function sortDecisions(deps: SendDeps, rows: readonly ClaimRow[], now: Date, refused: Refusals): ClaimRow[] {
+  const passed: ClaimRow[] = [];
+  for (const m of rows) {
+    // the carrier call may wait up to the slot horizon: the window must be open until then
+    const d = decide(m, { organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt }, now, deps.slotHorizonMs ?? 2_000);
+    switch (d.action) {
+      case 'go':
+        passed.push(m);
+        break;
+      case 'block':
+        refused.block.push({ row: m, reason: d.reason });
+        break;
+      case 'skip':
+        refused.skip.push({ row: m, reason: d.reason });
+        break;
+      case 'defer':
+        refused.defer.push({ row: m, reason: d.reason, until: d.until });
+        break;
+      default: {
+        const never: never = d;
+        throw new Error(`unhandled decision ${String(never)}`);
+      }
+    }
+  }
+  return passed;
 }
 
 interface Refusals {

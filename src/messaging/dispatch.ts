@@ -13,9 +13,11 @@ export const SEND_BATCH = 50;
 type Candidate = store.MessageRow & RuleColumns;
 
 /** The workspace columns and consent verdict the send rules need, for a query over `messages m join workspaces w`. */
-export function ruleColumns(stage: 'dispatch' | 'claim') {
+export function ruleColumns(stage: 'dispatch' | 'claim', options: { consent?: boolean } = {}) {
+  // without consent: the caller checks it itself (the claim, in its UPDATE's WHERE)
+  const consent = options.consent === false ? sql`true` : sql`credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer)`;
   return sql`w.sms_enabled, w.home_country, w.allowed_countries, w.send_windows,
-  credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer) as consent_ok,
+  ${consent} as consent_ok,
   ${stage === 'dispatch' ? CAMPAIGN_RUNNING : CAMPAIGN_CLAIMABLE} as campaign_running,
   ${CAMPAIGN_ENDED} as campaign_ended,
   credence_subscription_ok(m.organization_id) as subscription_ok`;

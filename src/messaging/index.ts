@@ -1,6 +1,7 @@
 export { type BreakerState, CLOSED as BREAKER_CLOSED } from './breaker.ts';
 export { CARRIER_ERRORS, classifyCarrierError, type ErrorClass } from './carrierErrors.ts';
 export { type Dispatcher, notifyDispatch, startDispatcher } from './dispatcher.ts';
+export { type Capturer, drainCaptures, startCapturer } from './captures.ts';
 export { DISPATCH_BATCH, type DispatchReport, dispatchOrganization, enqueueSends, SEND_BATCH } from './dispatch.ts';
 export {
   type ApiMessageInput,
@@ -28,6 +29,7 @@ export { countSegments, type Encoding } from './segments.ts';
 export { addSenderNumber, listSenderNumbers, type SenderNumber, updateSenderNumber } from './senders.ts';
 export { backoffMs } from './retry.ts';
 export { type SendDeps, sendBatch, statusCallbackUrl } from './send.ts';
+export { createStatusCallbackBatcher, type StatusCallbackBatcher } from './statusBatch.ts';
 export { type CallbackResult, handleStatusCallback, RECONCILIATION_HORIZON_MS, reconcile, sweep } from './settle.ts';
 export { MESSAGE_STATUSES, type MessageStatus, TERMINAL } from './states.ts';
 export { recordApiConsents } from './consentFlow.ts';

@@ -123,6 +123,8 @@ export interface Patch {
   details?: Record<string, unknown>;
   /** apply only if the message is still on this attempt (an outcome of attempt n never moves attempt n+1) */
   expect_attempts?: number;
+  /** apply only if the message has no carrier id yet, or this one (a carrier report names its message) */
+  expect_sid?: string;
 }
 
 const PATCHABLE = ['next_attempt_at', 'reservation_id', 'provider_sid', 'provider_status', 'error_code', 'lease_until'] as const;
@@ -140,8 +142,8 @@ export async function applyEvent(
   options: {
     /** Narrow the legal sources further (a subset of the event's). */
     onlyFrom?: readonly MessageStatus[];
-    /** Only if the message has no carrier id yet, or this one. */
-    providerSid?: string;
+    /** Leave out messages another transaction holds, instead of waiting for them (the caller deals with those). */
+    skipLocked?: boolean;
   } = {},
 ): Promise<{ id: string; from_status: MessageStatus; organization_id: string }[]> {
   if (items.length === 0) return [];
@@ -159,8 +161,8 @@ export async function applyEvent(
       select m.id, m.status from messages m join input on input.id = m.id
       where m.status = any(${from}::text[])
         and (not (input.p ? 'expect_attempts') or m.attempts = (input.p->>'expect_attempts')::int)
-        ${options.providerSid === undefined ? sql`` : sql`and (m.provider_sid is null or m.provider_sid = ${options.providerSid})`}
-      for update of m
+        and (not (input.p ? 'expect_sid') or m.provider_sid is null or m.provider_sid = input.p->>'expect_sid')
+      for update of m ${options.skipLocked ? sql`skip locked` : sql``}
     ), upd as (
       update messages m set
         status = ${to},

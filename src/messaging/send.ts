@@ -11,7 +11,8 @@ import { CAMPAIGN_CLAIMABLE, CAMPAIGN_ENDED, scheduleCampaignCheck } from './cam
 import { claim, type Claimed } from './claim.ts';
 import { applyOptOut } from './optOut.ts';
 import * as store from './messages.store.ts';
-import { captureFor, groupBy, releaseFor } from './reservations.ts';
+import { groupBy, releaseFor } from './reservations.ts';
+import { type Capturer, queueCaptures } from './captures.ts';
 import { multiplierFor } from './pricing.ts';
 import { retryDecision } from './retry.ts';
 import { organizationPriceList } from './intake.ts';
@@ -35,6 +36,8 @@ export interface SendDeps {
   lookupGraceMs?: number;
   /** How long an unknown outcome waits for evidence before it is failed and captured (default 24 h). */
   horizonMs?: number;
+  /** This process's capture drain, woken after an outcome step queued captures (without one, another process's poll drains them). */
+  captures?: Pick<Capturer, 'wake'>;
 }
 
 export { DEFAULT_LEASE_MS } from './claim.ts';
@@ -178,7 +181,7 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
     }
   }
 
-  await deps.db.transaction().execute(async (trx) => {
+  const queued = await deps.db.transaction().execute(async (trx) => {
     // Lock order: message rows first (this batch, then opted-out numbers'
     // waiting messages), every ledger call (the account row) last.
     const byId = new Map(attempts.map((a) => [a.message.id, a.message]));
@@ -237,7 +240,8 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
       });
     }
     await releaseFor(trx, toRelease, 'carrier rejected, or the recipient opted out');
-    await captureFor(trx, carried, 'carrier accepted');
+    // the captures are owed from this commit on, and applied in batches by the drain
+    await queueCaptures(trx, carried);
     // campaigns of this batch: completion and error threshold are looked at soon
     await scheduleCampaignCheck(
       trx,
@@ -246,7 +250,9 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
     if (optOuts.length > 0) {
       deps.log.info({ message_ids: optOuts.map((m) => m.id) }, 'carrier reports recipients opted out (21610): consent revoked');
     }
+    return carried.length;
   });
+  if (queued > 0) deps.captures?.wake();
 }
 
 function planRetry(

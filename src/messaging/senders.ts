@@ -110,34 +110,40 @@ function normaliseSender(value: string): string {
 
 /**
  * Take up to `wanted` send slots of one sender within the next `horizonMs`,
- * under the sender row's lock: each slot is 1/mps seconds, so the rate holds
- * across every worker process. Returns when the first granted slot starts and
- * the spacing between slots; `granted` may be 0 (come back at `nextFreeAt`).
+ * in one statement under the sender row's lock: each slot is 1/mps seconds,
+ * so the rate holds across every worker process. Returns when the first
+ * granted slot starts and the spacing between slots; `granted` may be 0
+ * (come back at `nextFreeAt`). Run it on its own (not inside a longer
+ * transaction): the row lock is then held for this statement only, and
+ * claims of one sender do not queue behind each other's whole transaction.
  */
 export async function takeSendSlots(
-  trx: Tx,
+  db: DbOrTx,
   workspaceId: string,
   phoneNumber: string,
   wanted: number,
   horizonMs: number,
 ): Promise<{ granted: number; startAt: number; intervalMs: number; nextFreeAt: number }> {
-  const { rows } = await sql<{ mps: string; next_slot_at: Date; now: Date }>`
-    select mps, next_slot_at, clock_timestamp() as now from sender_numbers
-    where workspace_id = ${workspaceId} and phone_number = ${phoneNumber} for update`.execute(trx);
+  const { rows } = await sql<{ granted: number; start_ms: number; interval_ms: number }>`
+    with s as (
+      select 1000 / mps::float8 as interval_ms, extract(epoch from clock_timestamp()) * 1000 as now_ms,
+        extract(epoch from next_slot_at) * 1000 as next_ms
+      from sender_numbers where workspace_id = ${workspaceId} and phone_number = ${phoneNumber} for update
+    ), k as (
+      select interval_ms, greatest(now_ms, next_ms) as start_ms,
+        least(${wanted}::int, greatest(0, floor((now_ms + ${horizonMs}::float8 - greatest(now_ms, next_ms)) / interval_ms) + 1))::int as granted
+      from s
+    ), u as (
+      update sender_numbers set next_slot_at = to_timestamp((k.start_ms + k.granted * k.interval_ms) / 1000)
+      from k where workspace_id = ${workspaceId} and phone_number = ${phoneNumber} and k.granted > 0
+    )
+    select granted, start_ms, interval_ms from k`.execute(db);
   const row = rows[0];
   if (row === undefined) {
     // A sender removed after the message was made: no limit to hold.
     return { granted: wanted, startAt: Date.now(), intervalMs: 0, nextFreeAt: Date.now() };
   }
-  const now = row.now.getTime();
-  const intervalMs = 1000 / Number(row.mps);
-  const start = Math.max(now, row.next_slot_at.getTime());
-  const room = Math.max(0, Math.floor((now + horizonMs - start) / intervalMs) + 1);
-  const granted = Math.min(wanted, room);
-  const nextFree = start + granted * intervalMs;
-  if (granted > 0) {
-    await sql`update sender_numbers set next_slot_at = ${new Date(nextFree)}
-      where workspace_id = ${workspaceId} and phone_number = ${phoneNumber}`.execute(trx);
-  }
-  return { granted, startAt: start, intervalMs, nextFreeAt: nextFree };
+  const startAt = Number(row.start_ms);
+  const intervalMs = Number(row.interval_ms);
+  return { granted: row.granted, startAt, intervalMs, nextFreeAt: startAt + row.granted * intervalMs };
 }

@@ -8,7 +8,7 @@ import * as store from './messages.store.ts';
 import { MAX_ATTEMPTS } from './retry.ts';
 import { captureFor, releaseFor } from './reservations.ts';
 import { DEFAULT_LEASE_MS, type SendDeps } from './send.ts';
-import { eventForCarrierStatus, transition } from './states.ts';
+import { eventForCarrierStatus, type MessageEvent, type MessageStatus, transition } from './states.ts';
 
 /** A message left `unknown` this long without evidence is given up (charged, never resent). */
 export const RECONCILIATION_HORIZON_MS = 24 * 3_600_000;
@@ -72,48 +72,87 @@ export async function applyCarrierReport(trx: Tx, message: store.MessageRow, rep
 
 export type CallbackResult = 'applied' | 'duplicate_or_stale' | 'unknown_message' | 'mismatched_sid' | 'unknown_status';
 
+/** A status callback's fields, read once. */
+export interface StatusReport {
+  messageId: string;
+  sid: string;
+  status: string;
+  event: MessageEvent;
+  errorCode: number | null;
+}
+
+export function readStatusCallback(messageId: string, params: Record<string, string>): StatusReport | undefined {
+  const status = params.MessageStatus ?? params.SmsStatus;
+  const sid = params.MessageSid ?? params.SmsSid;
+  if (status === undefined || sid === undefined) return undefined;
+  const event = eventForCarrierStatus(status);
+  if (event === undefined) return undefined;
+  const parsedCode = params.ErrorCode ? Number(params.ErrorCode) : null;
+  const errorCode = parsedCode !== null && Number.isFinite(parsedCode) ? parsedCode : null;
+  return { messageId, sid, status, event, errorCode };
+}
+
+/**
+ * The common forward step, one statement with no ledger work: `sent` or
+ * `delivered` for a message the worker is still sending or has recorded as
+ * sent. Anything else (a refund, a capture after `unknown`) takes the
+ * locked path.
+ */
+export const isFastReport = (r: StatusReport): boolean => r.event === 'carrier_sent' || r.event === 'carrier_delivered';
+export const FAST_FROM: readonly MessageStatus[] = ['sending', 'sent'];
+export function fastPatch(r: StatusReport): store.Patch {
+  return {
+    provider_sid: r.sid,
+    provider_status: r.status,
+    lease_until: null,
+    reason: null,
+    expect_sid: r.sid,
+    details: { source: 'status_callback', carrier_status: r.status },
+  };
+}
+
 /** POST /webhooks/twilio/status, after the signature was verified. */
 export async function handleStatusCallback(
   deps: Pick<SendDeps, 'db' | 'log'>,
   messageId: string,
   params: Record<string, string>,
 ): Promise<CallbackResult> {
-  const status = params.MessageStatus ?? params.SmsStatus;
-  const sid = params.MessageSid ?? params.SmsSid;
-  if (status === undefined || sid === undefined) return 'unknown_status';
-  const event = eventForCarrierStatus(status);
-  if (event === undefined) return 'unknown_status';
-  const parsedCode = params.ErrorCode ? Number(params.ErrorCode) : null;
-  const errorCode = parsedCode !== null && Number.isFinite(parsedCode) ? parsedCode : null;
-
-  // Fast path, one statement: the common forward step that needs no ledger
-  // work (a message the worker is still sending or has recorded as sent).
-  if (event === 'carrier_sent' || event === 'carrier_delivered') {
-    const moved = await store.applyEvent(
-      deps.db,
-      event,
-      [{ id: messageId, patch: { provider_sid: sid, provider_status: status, lease_until: null, reason: null, details: { source: 'status_callback', carrier_status: status } } }],
-      { onlyFrom: ['sending', 'sent'], providerSid: sid },
-    );
+  const report = readStatusCallback(messageId, params);
+  if (report === undefined) return 'unknown_status';
+  if (isFastReport(report)) {
+    const moved = await store.applyEvent(deps.db, report.event, [{ id: messageId, patch: fastPatch(report) }], { onlyFrom: FAST_FROM });
     if (moved.length > 0) return 'applied';
   }
   // Duplicates and stale statuses are recognised without a lock or a transaction.
   const { rows: peek } = await sql<{ status: store.MessageRow['status']; provider_sid: string | null }>`
     select status, provider_sid from messages where id = ${messageId}`.execute(deps.db);
-  const current = peek[0];
+  return settleStatusReport(deps, report, peek[0]);
+}
+
+/**
+ * What the fast path did not move, given the message's status and carrier
+ * id as just read: a duplicate, a stale status, another carrier message, or
+ * a step that needs the message locked and the ledger.
+ */
+export async function settleStatusReport(
+  deps: Pick<SendDeps, 'db' | 'log'>,
+  report: StatusReport,
+  current: { status: store.MessageRow['status']; provider_sid: string | null } | undefined,
+): Promise<CallbackResult> {
+  const { messageId, sid } = report;
   if (current === undefined) return 'unknown_message';
   if (current.provider_sid !== null && current.provider_sid !== sid) {
     deps.log.warn({ message_id: messageId, sid, known: current.provider_sid }, 'status callback for another carrier message');
     return 'mismatched_sid';
   }
-  if (!transition(current.status, event).ok) return 'duplicate_or_stale';
+  if (!transition(current.status, report.event).ok) return 'duplicate_or_stale';
 
   return deps.db.transaction().execute(async (trx) => {
     const { rows } = await sql<store.MessageRow>`select * from messages where id = ${messageId} for update`.execute(trx);
     const message = rows[0];
     if (message === undefined) return 'unknown_message';
     if (message.provider_sid !== null && message.provider_sid !== sid) return 'mismatched_sid';
-    const applied = await applyCarrierReport(trx, message, { providerSid: sid, status, errorCode }, 'status_callback');
+    const applied = await applyCarrierReport(trx, message, { providerSid: sid, status: report.status, errorCode: report.errorCode }, 'status_callback');
     return applied ? 'applied' : 'duplicate_or_stale';
   });
 }

@@ -5,7 +5,7 @@ import { createStripePayments, DEFAULT_CATALOG } from '../../src/payments/index.
 import { type PaymentsSimulator, startPaymentsSimulator } from '../../src/payments/simulator/index.ts';
 import { closeApp } from '../../src/http/app.ts';
 import { buildTaskList, startWorker, type WorkerHandle } from '../../src/jobs/index.ts';
-import { type Dispatcher, type MessageRow, type SendDeps, startDispatcher } from '../../src/messaging/index.ts';
+import { type Capturer, type Dispatcher, type MessageRow, type SendDeps, startCapturer, startDispatcher } from '../../src/messaging/index.ts';
 import { type Tenant, bearer, buildTestApp, createTenant, operatorKey, silentLog, type TestApp } from './app.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 
@@ -99,6 +99,10 @@ export async function startPipeline(
     leaseMs: 2_000,
   };
   let dispatcher: Dispatcher | undefined;
+  // The capture drain runs whether or not the job worker does: tests that
+  // call sendBatch by hand act as a worker process.
+  const capturer: Capturer = startCapturer({ db: tdb.db, log: silentLog, pollMs: 200 });
+  sendDeps.captures = capturer;
   const pipeline: Pipeline = {
     tdb,
     app,
@@ -125,9 +129,11 @@ export async function startPipeline(
       dispatcher = undefined;
       await pipeline.worker?.stop();
       pipeline.worker = undefined;
+
     },
     close: async () => {
       await pipeline.stopWorker();
+      await capturer.stop();
       await closeApp(app);
       await simulator.stop();
       await payments?.stop();

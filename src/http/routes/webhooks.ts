@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
-import { handleInbound, handleStatusCallback } from '../../messaging/index.ts';
+import { createStatusCallbackBatcher, handleInbound } from '../../messaging/index.ts';
 import type { AppDeps } from '../app.ts';
 import { sendProblem } from '../problem.ts';
 
@@ -12,6 +12,9 @@ const EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>
  */
 export function webhookRoutes(deps: AppDeps): FastifyPluginAsync {
   return async (app) => {
+    // status callbacks are applied in batches, one commit for many (see statusBatch.ts)
+    const statusCallbacks = createStatusCallbackBatcher(deps);
+    app.addHook('onClose', () => statusCallbacks.close());
     app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 64 * 1024 }, (_req, body, done) => {
       const params: Record<string, string> = {};
       for (const [k, v] of new URLSearchParams(body as string)) params[k] = v;
@@ -33,7 +36,7 @@ export function webhookRoutes(deps: AppDeps): FastifyPluginAsync {
         if (params === undefined) return sendProblem(reply, request, 'invalid_signature', { detail: 'X-Twilio-Signature does not match.' });
         const messageId = (request.query as Record<string, string | undefined>).message_id;
         if (messageId === undefined) return reply.code(200).type('text/xml').send(EMPTY_TWIML);
-        const result = await handleStatusCallback(deps, messageId, params);
+        const result = await statusCallbacks.submit(messageId, params);
         request.log.info({ message_id: messageId, status: params.MessageStatus, result }, 'status callback');
         return reply.code(200).type('text/xml').send(EMPTY_TWIML);
       },
