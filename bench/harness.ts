@@ -23,7 +23,7 @@ export async function benchDatabase(poolSize = 10): Promise<{ db: Db; pool: pg.P
     // BENCH_DURABILITY=fast turns fsync off, to separate CPU cost from disk flushes.
     const durability = process.env.BENCH_DURABILITY === 'fast' ? 'fast' : 'durable';
     // BENCH_PG_STATS=1 loads pg_stat_statements: printStatementStats() shows where the queries went.
-    const settings = process.env.BENCH_PG_STATS ? ['shared_preload_libraries=pg_stat_statements', 'pg_stat_statements.track=all'] : [];
+    const settings = process.env.BENCH_PG_STATS ? ['shared_preload_libraries=pg_stat_statements', 'pg_stat_statements.track=all', 'pg_stat_statements.track_planning=on'] : [];
     const server = await startEmbeddedPostgres({ dir, port: await freePort(), log, durability, settings });
     url = server.url;
     stop = async () => {
@@ -49,13 +49,20 @@ export async function benchDatabase(poolSize = 10): Promise<{ db: Db; pool: pg.P
 /** With BENCH_PG_STATS: the statements by total time, with calls per unit of work (e.g. per message). */
 export async function printStatementStats(db: Db, units: number, top = 25): Promise<void> {
   if (!process.env.BENCH_PG_STATS) return;
-  const { rows } = await sql<{ calls: string; total_ms: number; query: string }>`
-    select calls::text, total_exec_time as total_ms, regexp_replace(query, '[[:space:]]+', ' ', 'g') as query
-    from pg_stat_statements order by total_exec_time desc limit ${top}`.execute(db);
+  const { rows } = await sql<{ calls: string; total_ms: number; plan_ms: number; query: string }>`
+    select calls::text, total_exec_time as total_ms, total_plan_time as plan_ms, regexp_replace(query, '[[:space:]]+', ' ', 'g') as query
+    from pg_stat_statements order by total_exec_time + total_plan_time desc limit ${top}`.execute(db);
   const { rows: xact } = await sql<{ commits: string }>`select xact_commit::text as commits from pg_stat_database where datname = current_database()`.execute(db);
+  const { rows: sum } = await sql<{ calls: string; exec_ms: number; plan_ms: number }>`
+    select sum(calls)::text as calls, sum(total_exec_time) as exec_ms, sum(total_plan_time) as plan_ms from pg_stat_statements`.execute(db);
+  process.stdout.write(
+    `statements: ${(Number(sum[0]?.calls ?? 0) / units).toFixed(2)} per unit, execution ${sum[0]?.exec_ms.toFixed(0)} ms, planning ${sum[0]?.plan_ms.toFixed(0)} ms in all\n`,
+  );
   process.stdout.write(`statements (per unit = per ${units}); commits per unit ${(Number(xact[0]?.commits ?? 0) / units).toFixed(2)}\n`);
   for (const r of rows) {
-    process.stdout.write(`${(Number(r.calls) / units).toFixed(3).padStart(8)} calls ${r.total_ms.toFixed(0).padStart(7)} ms  ${r.query.slice(0, 150)}\n`);
+    process.stdout.write(
+      `${(Number(r.calls) / units).toFixed(3).padStart(8)} calls ${r.total_ms.toFixed(0).padStart(7)} ms (plan ${r.plan_ms.toFixed(0).padStart(5)} ms)  ${r.query.slice(0, 130)}\n`,
+    );
   }
 }
 

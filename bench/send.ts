@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase, printStatementStats } from './harness.ts';
+import { benchDatabase, cpuSnapshot, printCpu, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_SEND_MESSAGES ?? 20_000);
@@ -52,6 +52,7 @@ try {
       req.end(payload);
     });
   process.stdout.write(`pushing ${COUNT} messages through the API with ${CONCURRENCY} concurrent clients…\n`);
+  const cpu0 = await cpuSnapshot();
   const t0 = Date.now();
   const start = performance.now();
   let next = 0;
@@ -85,6 +86,7 @@ try {
   const duplicates = log.length - new Set(log.map((m) => m.body)).size;
   const p50 = percentile(latencies, 50);
   const p99 = percentile(latencies, 99);
+  printCpu(cpu0, await cpuSnapshot(), COUNT);
   await printStatementStats(database.db, COUNT);
   process.stdout.write(`pipeline: ${COUNT} at the carrier ${((lastAccepted - t0) / 1000).toFixed(1)} s after the first request; duplicates=${duplicates}\n`);
 

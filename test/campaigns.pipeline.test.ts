@@ -67,7 +67,11 @@ describe('credits run out mid-campaign', () => {
     expect(grant.statusCode).toBe(201);
     await waitForCampaign(p, id, (c) => c.status === 'completed', 60_000);
     for (const r of recs) expect(copiesTo(r.phone), `seq ${r.seq}`).toBe(1);
-    const prog = await progress(id);
+    // captures are applied by the drain, moments after each outcome
+    const prog = await eventually(async () => {
+      const now = await progress(id);
+      return now.credits.reserved === 0 ? now : undefined;
+    }, 10_000, 'every capture applied');
     expect(prog.done).toBe(50);
     expect(Object.values(prog.by_status).reduce((a, b) => a + b, 0)).toBe(50);
     expect(prog.credits).toEqual({ reserved: 0, captured: 50 });

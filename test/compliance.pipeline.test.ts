@@ -264,6 +264,11 @@ describe('number safety: refused before any credit is reserved', () => {
     ['+4930123456', 'not_mobile'],
     ['+447400123456', 'country_not_allowed'],
   ])('%s → 422 %s, nothing stored, nothing reserved', async (to, reason) => {
+    // earlier tests' captures are applied by the drain moments after their outcome: let them land first
+    await eventually(async () => {
+      const { rows } = await sql<{ n: number }>`select count(*)::int as n from capture_queue`.execute(p.tdb.db);
+      return rows[0]!.n === 0 ? true : undefined;
+    }, 10_000, 'queued captures to be applied');
     const before = await balance();
     const { rows: count0 } = await sql<{ n: number }>`select count(*)::int as n from messages`.execute(p.tdb.db);
     const res = await sendViaApi(p, { to, body: 'hi' });

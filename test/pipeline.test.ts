@@ -61,6 +61,24 @@ describe('happy path and API contract', () => {
     expect(p.simulator.log().filter((x) => x.body === 'Order #77 shipped')).toHaveLength(1);
   });
 
+  it('one burst, one batch of inserts: a key used with two bodies stores one message, the other body is 409, the rest are all stored', async () => {
+    const keyed = Array.from({ length: 10 }, (_, i) => sendViaApi(p, { to: TO, body: i % 2 === 0 ? 'burst A' : 'burst B' }, 'burst-key'));
+    const plain = Array.from({ length: 30 }, (_, i) => sendViaApi(p, { to: TO, body: `burst plain ${i}` }));
+    const [k, q] = await Promise.all([Promise.all(keyed), Promise.all(plain)]);
+    const stored = k.find((r) => r.statusCode === 202)!;
+    expect(k.filter((r) => r.statusCode === 202)).toHaveLength(1);
+    const winner = stored.json.body;
+    for (const r of k) {
+      if (r.json.body === winner || r.statusCode !== 409) expect(r.json.id).toBe(stored.json.id);
+      else expect(r.statusCode).toBe(409);
+    }
+    expect(k.filter((r) => r.statusCode === 409)).toHaveLength(5);
+    expect(q.every((r) => r.statusCode === 202)).toBe(true);
+    expect(new Set(q.map((r) => r.json.id)).size).toBe(30);
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from messages where dedupe_key = 'api:burst-key'`.execute(p.tdb.db);
+    expect(rows[0]!.n).toBe(1);
+  });
+
   it('lists with filters, and another tenant sees nothing (404 on the message)', async () => {
     const list = await p.app.inject({ method: 'GET', url: `/v1/messages?status=delivered&to=${encodeURIComponent(TO)}`, headers: bearer(p.tenant.workspaceKey) });
     expect(list.statusCode).toBe(200);

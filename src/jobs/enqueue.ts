@@ -32,3 +32,20 @@ export async function addJob(
       job_key_mode => ${options.jobKey === undefined ? null : (options.jobKeyMode ?? 'replace')}::text
     )`.execute(db);
 }
+
+/**
+ * Add many jobs of one task in one statement (graphile-worker's add_jobs),
+ * inside the caller's transaction. No job keys: for those, addJob.
+ */
+export async function addJobs(
+  db: DbOrTx,
+  identifier: string,
+  payloads: readonly unknown[],
+  options: Pick<JobOptions, 'runAt' | 'maxAttempts' | 'priority'> = {},
+): Promise<void> {
+  if (payloads.length === 0) return;
+  await sql`select count(*) from graphile_worker.add_jobs(array(
+      select row(${identifier}, p, null, ${options.runAt ?? null}::timestamptz, ${options.maxAttempts ?? null}::int, null, ${options.priority ?? null}::int, null)::graphile_worker.job_spec
+      from json_array_elements(${JSON.stringify(payloads.map((p) => p ?? {}))}::json) as p
+    ))`.execute(db);
+}

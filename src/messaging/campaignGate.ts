@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import type { Tx } from '../db/db.ts';
+import type { Db, Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 
 /**
@@ -68,6 +68,29 @@ export async function scheduleCampaignCheck(trx: Tx, campaignIds: readonly strin
       { jobKey: `campaign_check:${id}`, jobKeyMode: 'preserve_run_at', runAt: new Date(Date.now() + delayMs), maxAttempts: 25 },
     );
   }
+}
+
+/**
+ * After a send batch's outcome committed: have its campaigns looked at
+ * (completion, error threshold) about two seconds later, at most once a
+ * second per campaign from this process. Outside the outcome transaction on
+ * purpose: the check's job row (one job key per campaign) would be updated,
+ * and locked until commit, by every outcome step of the campaign, and the
+ * job's NOTIFY would serialise their commits. A wake-up lost to a crash is
+ * covered by the minute sweep, which looks at every running campaign.
+ */
+const lastAsked = new WeakMap<Db, Map<string, number>>();
+export async function requestCampaignChecks(db: Db, campaignIds: readonly string[], now = Date.now()): Promise<void> {
+  let asked = lastAsked.get(db);
+  if (asked === undefined) {
+    asked = new Map();
+    lastAsked.set(db, asked);
+  }
+  const due = [...new Set(campaignIds)].filter((id) => now - (asked.get(id) ?? 0) >= 1_000);
+  if (due.length === 0) return;
+  for (const id of due) asked.set(id, now);
+  if (asked.size > 10_000) for (const [id, at] of asked) if (now - at > 60_000) asked.delete(id);
+  await db.transaction().execute((trx) => scheduleCampaignCheck(trx, due));
 }
 
 /**

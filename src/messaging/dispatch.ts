@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import * as credits from '../credits/index.ts';
 import type { Db, Tx } from '../db/db.ts';
-import { addJob } from '../jobs/enqueue.ts';
+import { addJob, addJobs } from '../jobs/enqueue.ts';
 import { newId } from '../shared/ids.ts';
 import * as store from './messages.store.ts';
 import { CAMPAIGN_CLAIMABLE, CAMPAIGN_ENDED, CAMPAIGN_RUNNING, pauseCampaigns } from './campaignGate.ts';
@@ -41,9 +41,9 @@ export async function scheduleDeferred(trx: Tx, items: readonly { organizationId
 
 /** Queue `send` jobs for reserved messages, in chunks (same transaction as the reservation). */
 export async function enqueueSends(trx: Tx, ids: readonly string[], runAt?: Date): Promise<void> {
-  for (let i = 0; i < ids.length; i += SEND_BATCH) {
-    await addJob(trx, 'send', { messageIds: ids.slice(i, i + SEND_BATCH) }, { maxAttempts: 10, ...(runAt && { runAt }) });
-  }
+  const payloads: { messageIds: string[] }[] = [];
+  for (let i = 0; i < ids.length; i += SEND_BATCH) payloads.push({ messageIds: ids.slice(i, i + SEND_BATCH) });
+  await addJobs(trx, 'send', payloads, { maxAttempts: 10, ...(runAt && { runAt }) });
 }
 
 export interface DispatchReport {

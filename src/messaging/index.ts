@@ -6,6 +6,7 @@ export { DISPATCH_BATCH, type DispatchReport, dispatchOrganization, enqueueSends
 export {
   type ApiMessageInput,
   createApiMessage,
+  createIntakeBatcher,
   type Intake,
   MAX_BODY,
   PURPOSES,

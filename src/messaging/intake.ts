@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
-import type { DbOrTx } from '../db/db.ts';
+import type { Db, DbOrTx } from '../db/db.ts';
+import { createBatcher } from '../shared/batcher.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { DomainError, validationError } from '../shared/errors.ts';
 import { newId } from '../shared/ids.ts';
@@ -111,6 +112,27 @@ function requestHash(input: ApiMessageInput): string {
     .digest('hex');
 }
 
+/** Stores one new `planned` message; undefined when its dedupe key is taken. */
+export type MessageInserter = (row: store.NewMessage) => Promise<store.MessageRow | undefined>;
+
+/**
+ * The API's inserts of immediate messages, gathered: the requests that
+ * arrive while earlier inserts are being written go in one statement and
+ * one commit (see shared/batcher.ts), each answered after that commit. A
+ * dedupe key taken twice in one batch inserts the first; the other request
+ * then finds it, as it would a concurrent one.
+ */
+export function createIntakeBatcher(db: Db, options: { maxBatch?: number } = {}): { insert: MessageInserter; close(): Promise<void> } {
+  const batcher = createBatcher<store.NewMessage, store.MessageRow | undefined>(
+    async (rows) => {
+      const inserted = new Map((await store.insertMessages(db, rows, 'planned')).map((r) => [r.id, r]));
+      return rows.map((r) => ({ value: inserted.get(r.id) }));
+    },
+    { maxBatch: options.maxBatch ?? 200 },
+  );
+  return { insert: (row) => batcher.submit(row), close: () => batcher.close() };
+}
+
 /**
  * POST /v1/messages: validate, price, store as `planned` with its dedupe key,
  * and wake the dispatcher, all in one transaction. Nothing is stored when the
@@ -122,6 +144,8 @@ export async function createApiMessage(
   scope: { organizationId: string; workspaceId: string },
   input: ApiMessageInput,
   idempotencyKey: string | undefined,
+  /** How an immediate message is stored (the API passes its batcher); default one INSERT of its own. */
+  insert?: MessageInserter,
 ): Promise<Intake> {
   if (!PURPOSES.includes(input.purpose)) throw validationError('purpose', `must be one of ${PURPOSES.join(', ')}`);
   let sendAt = new Date();
@@ -179,7 +203,7 @@ export async function createApiMessage(
   } else {
     // The hot path: one statement inserts the message and its event; the
     // dispatchers are woken after commit, coalesced with other requests.
-    [inserted] = await store.insertMessages(db, [row], 'planned');
+    inserted = insert !== undefined ? await insert(row) : (await store.insertMessages(db, [row], 'planned'))[0];
     if (inserted !== undefined) wakeDispatcher(db, scope.organizationId);
   }
   if (inserted !== undefined) return { message: inserted, created: true };

@@ -7,7 +7,7 @@ import { addJob } from '../jobs/enqueue.ts';
 import type { Logger } from '../shared/logger.ts';
 import { type BreakerState, breakerAllows, breakerRecord, CLOSED } from './breaker.ts';
 import { classifyCarrierError } from './carrierErrors.ts';
-import { CAMPAIGN_CLAIMABLE, CAMPAIGN_ENDED, scheduleCampaignCheck } from './campaignGate.ts';
+import { CAMPAIGN_CLAIMABLE, CAMPAIGN_ENDED, requestCampaignChecks } from './campaignGate.ts';
 import { claim, type Claimed } from './claim.ts';
 import { applyOptOut } from './optOut.ts';
 import * as store from './messages.store.ts';
@@ -242,17 +242,19 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
     await releaseFor(trx, toRelease, 'carrier rejected, or the recipient opted out');
     // the captures are owed from this commit on, and applied in batches by the drain
     await queueCaptures(trx, carried);
-    // campaigns of this batch: completion and error threshold are looked at soon
-    await scheduleCampaignCheck(
-      trx,
-      attempts.flatMap((a) => a.message.campaign_id ?? []),
-    );
     if (optOuts.length > 0) {
       deps.log.info({ message_ids: optOuts.map((m) => m.id) }, 'carrier reports recipients opted out (21610): consent revoked');
     }
     return carried.length;
   });
   if (queued > 0) deps.captures?.wake();
+  // campaigns of this batch: completion and error threshold are looked at soon
+  const campaignIds = attempts.flatMap((a) => a.message.campaign_id ?? []);
+  if (campaignIds.length > 0) {
+    await requestCampaignChecks(deps.db, campaignIds).catch((err: unknown) =>
+      deps.log.warn({ err: (err as Error).message }, 'could not schedule a campaign check; the minute sweep will look'),
+    );
+  }
 }
 
 function planRetry(

@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import type { Db } from '../db/db.ts';
+import { createBatcher, type Settled } from '../shared/batcher.ts';
 import type { Logger } from '../shared/logger.ts';
 import * as store from './messages.store.ts';
 import {
@@ -34,110 +35,56 @@ export interface StatusCallbackBatcher {
   close(): Promise<void>;
 }
 
-interface Pending {
-  report: StatusReport;
-  resolve: (r: CallbackResult) => void;
-  reject: (err: unknown) => void;
-}
-
-export interface BatcherOptions {
-  /** Most callbacks in one transaction. */
-  maxBatch?: number;
-  /** Batches written at once; the next gathers while these commit. */
-  maxInFlight?: number;
-}
-
-export function createStatusCallbackBatcher(deps: { db: Db; log: Logger }, options: BatcherOptions = {}): StatusCallbackBatcher {
-  const maxBatch = options.maxBatch ?? 500;
-  const maxInFlight = options.maxInFlight ?? 2;
-  let pending: Pending[] = [];
-  let inFlight = 0;
-  let scheduled = false;
-  const running = new Set<Promise<void>>();
-
-  const pump = (): void => {
-    scheduled = false;
-    while (pending.length > 0 && inFlight < maxInFlight) {
-      const batch = pending.slice(0, maxBatch);
-      pending = pending.slice(batch.length);
-      inFlight++;
-      const run = flush(deps, batch).finally(() => {
-        inFlight--;
-        running.delete(run);
-        pump();
-      });
-      running.add(run);
-    }
-  };
-
+export function createStatusCallbackBatcher(deps: { db: Db; log: Logger }, options: { maxBatch?: number; maxInFlight?: number } = {}): StatusCallbackBatcher {
+  const batcher = createBatcher<StatusReport, CallbackResult>((reports) => flush(deps, reports), options);
   return {
     submit(messageId, params) {
       const report = readStatusCallback(messageId, params);
       if (report === undefined || !isFastReport(report)) return handleStatusCallback(deps, messageId, params);
-      return new Promise<CallbackResult>((resolve, reject) => {
-        pending.push({ report, resolve, reject });
-        // everything submitted in this turn of the event loop goes in one batch
-        if (!scheduled) {
-          scheduled = true;
-          setImmediate(pump);
-        }
-      });
+      return batcher.submit(report);
     },
-    async close() {
-      while (running.size > 0 || pending.length > 0) {
-        if (running.size === 0) pump();
-        await Promise.allSettled([...running]);
-      }
-    },
+    close: () => batcher.close(),
   };
 }
 
 const keyOf = (r: StatusReport) => `${r.messageId}\u0000${r.event}\u0000${r.sid}`;
+const stepOf = (r: StatusReport) => `${r.messageId}\u0000${r.event}`;
 
-async function flush(deps: { db: Db; log: Logger }, batch: readonly Pending[]): Promise<void> {
-  // The same callback twice in one batch (a duplicate delivery) is applied once and answered twice.
-  const byKey = new Map<string, Pending[]>();
-  for (const p of batch) byKey.set(keyOf(p.report), [...(byKey.get(keyOf(p.report)) ?? []), p]);
-  const answer = (r: StatusReport, outcome: { result: CallbackResult } | { error: unknown }) => {
-    for (const p of byKey.get(keyOf(r)) ?? []) {
-      if ('result' in outcome) p.resolve(outcome.result);
-      else p.reject(outcome.error);
-    }
-  };
-  const unique = [...byKey.values()].map((ps) => ps[0]!.report);
+async function flush(deps: { db: Db; log: Logger }, batch: readonly StatusReport[]): Promise<Settled<CallbackResult>[]> {
+  // One step per message and status in a batch: the first callback's. The
+  // same callback again (a duplicate delivery) shares its answer; a callback
+  // naming another carrier sid for that step goes the one-message way after
+  // the commit (and is found mismatched or stale there).
+  const firstOf = new Map<string, StatusReport>();
+  for (const r of batch) if (!firstOf.has(stepOf(r))) firstOf.set(stepOf(r), r);
+  const unique = [...firstOf.values()];
   const moved = new Set<string>();
-  try {
-    await deps.db.transaction().execute(async (trx) => {
-      // `sent` before `delivered`: both for one message in one batch apply in order
-      for (const event of ['carrier_sent', 'carrier_delivered'] as const) {
-        const items = unique.filter((r) => r.event === event).map((r) => ({ id: r.messageId, patch: fastPatch(r) }));
-        for (const row of await store.applyEvent(trx, event, items, { onlyFrom: FAST_FROM, skipLocked: true })) moved.add(`${row.id}\u0000${event}`);
-      }
-    });
-  } catch (error) {
-    for (const r of unique) answer(r, { error });
-    return;
-  }
+  // throws: every request of the batch fails (the carrier retries them)
+  await deps.db.transaction().execute(async (trx) => {
+    // `sent` before `delivered`: both for one message in one batch apply in order
+    for (const event of ['carrier_sent', 'carrier_delivered'] as const) {
+      const items = unique.filter((r) => r.event === event).map((r) => ({ id: r.messageId, patch: fastPatch(r) }));
+      for (const row of await store.applyEvent(trx, event, items, { onlyFrom: FAST_FROM, skipLocked: true })) moved.add(`${row.id}\u0000${event}`);
+    }
+  });
+  const results = new Map<string, Settled<CallbackResult>>();
   const rest: StatusReport[] = [];
-  for (const r of unique) {
-    if (moved.has(`${r.messageId}\u0000${r.event}`)) answer(r, { result: 'applied' });
+  const seen = new Set<string>();
+  for (const r of batch) {
+    if (seen.has(keyOf(r))) continue;
+    seen.add(keyOf(r));
+    if (firstOf.get(stepOf(r)) === r && moved.has(stepOf(r))) results.set(keyOf(r), { value: 'applied' });
     else rest.push(r);
   }
-  if (rest.length === 0) return;
-  try {
-    const { rows } = await sql<{ id: string; status: store.MessageRow['status']; provider_sid: string | null }>`
-      select id, status, provider_sid from messages where id = any(${rest.map((r) => r.messageId)}::text[])`.execute(deps.db);
-    const current = new Map(rows.map((c) => [c.id, c]));
-    // each in its own transaction, holding at most its own message
-    await Promise.all(
-      rest.map((r) =>
-        settleStatusReport(deps, r, current.get(r.messageId)).then(
-          (result) => answer(r, { result }),
-          (error: unknown) => answer(r, { error }),
-        ),
-      ),
-    );
-  } catch (error) {
-    for (const r of rest) answer(r, { error });
+  if (rest.length > 0) {
+    // The rest is answered off the batch (its slot is free now): each in its
+    // own transaction, holding at most its own message, so one message held
+    // elsewhere delays only its own callbacks.
+    const current = sql<{ id: string; status: store.MessageRow['status']; provider_sid: string | null }>`
+      select id, status, provider_sid from messages where id = any(${rest.map((r) => r.messageId)}::text[])`
+      .execute(deps.db)
+      .then(({ rows }) => new Map(rows.map((c) => [c.id, c])));
+    for (const r of rest) results.set(keyOf(r), { later: current.then((byId) => settleStatusReport(deps, r, byId.get(r.messageId))) });
   }
+  return batch.map((r) => results.get(keyOf(r))!);
 }

@@ -76,6 +76,27 @@ export function apiKeyRowToApiKey(row: store.ApiKeyRow): ApiKey {
 }
 
 /** Resolve `Authorization: Bearer …` to a principal; any failure is the same 401. */
+/**
+ * Key rows by lookup prefix, kept for KEY_CACHE_MS so a busy client's
+ * requests do not each cost a query. A key revoked through this process
+ * stops working at once (the revocation empties the cache); one revoked
+ * through another API process stops within KEY_CACHE_MS. Only keys that
+ * were found are kept: a new key works on its first request.
+ */
+export const KEY_CACHE_MS = 2_000;
+const keyCache = new Map<string, { at: number; row: store.ApiKeyRow }>();
+
+async function findKeyCached(db: DbOrTx, prefix: string): Promise<store.ApiKeyRow | undefined> {
+  const now = Date.now();
+  const hit = keyCache.get(prefix);
+  if (hit !== undefined && now - hit.at < KEY_CACHE_MS) return hit.row;
+  const row = await store.findApiKeyByPrefix(db, prefix);
+  if (keyCache.size >= 10_000) keyCache.clear();
+  if (row === undefined) keyCache.delete(prefix);
+  else keyCache.set(prefix, { at: now, row });
+  return row;
+}
+
 export async function authenticate(db: DbOrTx, header: string | undefined): Promise<Principal> {
   const token = bearerToken(header);
   const parsed = token === undefined ? undefined : parseApiKey(token);
@@ -85,7 +106,7 @@ export async function authenticate(db: DbOrTx, header: string | undefined): Prom
       'Send a valid API key as "Authorization: Bearer <key>".',
     );
   }
-  const row = await store.findApiKeyByPrefix(db, parsed.prefix);
+  const row = await findKeyCached(db, parsed.prefix);
   if (row === undefined || !apiKeyMatches(token, row.key_hash)) {
     throw new DomainError('unauthenticated', 'The API key is not valid.');
   }
@@ -361,7 +382,7 @@ export async function revokeApiKey(db: Db, actor: Actor, id: string): Promise<Ap
   const p = actor.principal;
   if (p.scope === 'workspace')
     throw new DomainError('forbidden', 'Workspace keys cannot revoke keys.');
-  return db.transaction().execute(async (trx) => {
+  const revoked = await db.transaction().execute(async (trx) => {
     const row = await store.findApiKey(
       trx,
       p.scope === 'operator' ? undefined : p.organizationId,
@@ -381,6 +402,9 @@ export async function revokeApiKey(db: Db, actor: Actor, id: string): Promise<Ap
     });
     return apiKeyRowToApiKey(revoked);
   });
+  // after the commit: no request of this process is let in by a cached copy
+  keyCache.clear();
+  return revoked;
 }
 
 export interface Me {

@@ -27,6 +27,8 @@ export interface Pipeline {
   tenant: Tenant;
   /** The Stripe-compatible simulator, with `payments: true`. */
   payments: PaymentsSimulator | undefined;
+  /** This process's capture drain (also `sendDeps.captures`); a test may stop it to act as a process without one. */
+  capturer: Capturer;
   startWorker(): Promise<void>;
   stopWorker(): Promise<void>;
   close(): Promise<void>;
@@ -114,6 +116,7 @@ export async function startPipeline(
     op,
     tenant,
     payments,
+    capturer,
     startWorker: async () => {
       dispatcher = await startDispatcher({ pool: tdb.pool, db: tdb.db, log: silentLog });
       pipeline.worker = await startWorker({

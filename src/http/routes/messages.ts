@@ -92,6 +92,9 @@ function listScope(p: Principal, workspaceId: string | undefined): { organizatio
 export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
   const { db } = deps;
   return async (app) => {
+    // immediate messages are stored in batches, one commit for many requests
+    const inserts = messaging.createIntakeBatcher(db);
+    app.addHook('onClose', () => inserts.close());
     app.post(
       '/v1/messages',
       {
@@ -122,6 +125,7 @@ export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           { organizationId: p.organizationId, workspaceId: p.workspaceId },
           request.body,
           request.headers['idempotency-key'],
+          inserts.insert,
         );
         return reply.code(intake.created ? 202 : 200).send(toApi(intake.message));
       },
