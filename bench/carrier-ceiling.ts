@@ -36,6 +36,19 @@ async function callbackSink(): Promise<{ url: string; close(): Promise<void> }> 
   };
 }
 
+/**
+ * The ceiling once before the pipeline runs (then the simulator's log and
+ * counters are reset) and once after: the machine's state moves it (after a
+ * long run PostgreSQL may still be checkpointing and vacuuming), so the
+ * higher of the two is the one the ratio uses, the stricter comparison.
+ */
+export async function ceilingBefore(options: CeilingOptions & { simulatorUrl: string }): Promise<number> {
+  const before = await measureCarrierCeiling(options);
+  const res = await fetch(`${options.simulatorUrl}/_sim/reset`, { method: 'POST' });
+  if (!res.ok) throw new Error(`simulator reset: ${res.status}`);
+  return before;
+}
+
 /** Messages per second accepted through the adapter at the given concurrency. */
 export async function measureCarrierCeiling(options: CeilingOptions): Promise<number> {
   const { count, concurrency } = options;
@@ -73,6 +86,8 @@ export async function measureCarrierCeiling(options: CeilingOptions): Promise<nu
     if (failed > 0) throw new Error(`${failed} of ${count} sends were not accepted`);
     return Math.round((count / ms) * 1000);
   } finally {
+    // the last status callbacks come a few tens of milliseconds after the last send
+    await new Promise((r) => setTimeout(r, 500));
     await sim?.stop();
     await sink.close();
   }

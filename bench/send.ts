@@ -13,12 +13,15 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
 import { killAllSpawned } from '../test/helpers/process.ts';
-import { measureCarrierCeiling } from './carrier-ceiling.ts';
+import { ceilingBefore, measureCarrierCeiling } from './carrier-ceiling.ts';
 import { benchDatabase, cpuSnapshot, printCpu, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_SEND_MESSAGES ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_SEND_CONCURRENCY ?? 64);
+// BENCH_SEND_RATE=<messages/s>: post at this steady pace (still at most CONCURRENCY at
+// once) instead of as fast as the API answers, to see the latency below saturation
+const RATE = process.env.BENCH_SEND_RATE === undefined ? undefined : Number(process.env.BENCH_SEND_RATE);
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
@@ -51,6 +54,8 @@ try {
       req.on('error', reject);
       req.end(payload);
     });
+  process.stdout.write(`carrier ceiling before the run (${COUNT} sends straight to the simulator)…\n`);
+  const before = await ceilingBefore({ simulatorUrl: simUrl, accountSid: account.sid, authToken: account.authToken, count: COUNT, concurrency: 50 });
   process.stdout.write(`pushing ${COUNT} messages through the API with ${CONCURRENCY} concurrent clients…\n`);
   const cpu0 = await cpuSnapshot();
   const t0 = Date.now();
@@ -60,6 +65,10 @@ try {
     Array.from({ length: CONCURRENCY }, async () => {
       while (next < COUNT) {
         const i = next++;
+        if (RATE !== undefined) {
+          const wait = start + (i * 1000) / RATE - performance.now();
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        }
         await postMessage(JSON.stringify({ to: `+1415555${String(1000 + (i % 9000)).padStart(4, '0')}`, body: `bench ${i}`, purpose: 'transactional' }));
       }
     }),
@@ -94,7 +103,9 @@ try {
   api.child.kill('SIGTERM');
   await Promise.all([worker.exited, api.exited]);
 
-  const ceiling = await measureCarrierCeiling({ simulatorUrl: simUrl, accountSid: account.sid, authToken: account.authToken, count: COUNT, concurrency: 50 });
+  const after = await measureCarrierCeiling({ simulatorUrl: simUrl, accountSid: account.sid, authToken: account.authToken, count: COUNT, concurrency: 50 });
+  const ceiling = Math.max(before, after);
+  process.stdout.write(`ceiling: before=${before} after=${after}; the ratio uses the higher\n`);
   sim.child.kill('SIGTERM');
   await sim.exited;
   process.stdout.write(

@@ -217,7 +217,9 @@ export function tenancyRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
       {
         schema: {
           tags: ['tenancy'],
-          summary: 'Revoke an API key; it stops working at once',
+          summary: 'Revoke an API key',
+          description:
+            'The key stops working at once on the API process that took the revocation, and within 2 seconds on any other API process (each keeps a found key for 2 s).',
           params: Type.Object({ id: Type.String({ maxLength: 64 }) }),
           response: { 200: ApiKey },
         },
