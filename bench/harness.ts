@@ -24,6 +24,8 @@ export async function benchDatabase(poolSize = 10): Promise<{ db: Db; pool: pg.P
     const durability = process.env.BENCH_DURABILITY === 'fast' ? 'fast' : 'durable';
     // BENCH_PG_STATS=1 loads pg_stat_statements: printStatementStats() shows where the queries went.
     const settings = process.env.BENCH_PG_STATS ? ['shared_preload_libraries=pg_stat_statements', 'pg_stat_statements.track=all', 'pg_stat_statements.track_planning=on'] : [];
+    // BENCH_PG_SETTINGS="name=value,…": more server settings, to try a tuning
+    settings.push(...(process.env.BENCH_PG_SETTINGS ?? '').split(',').filter(Boolean));
     const server = await startEmbeddedPostgres({ dir, port: await freePort(), log, durability, settings });
     url = server.url;
     stop = async () => {
