@@ -73,7 +73,10 @@ try {
   })) as { id: string };
 
   process.stdout.write(`carrier ceiling before the run (${COUNT} sends straight to the simulator)…\n`);
+  const cpuCeiling = await cpuSnapshot();
   const before = await ceilingBefore({ simulatorUrl: simUrl, accountSid: account.sid, authToken: account.authToken, count: COUNT, concurrency: 50 });
+  process.stdout.write('the ceiling run, where the CPU went (bench = the adapter and the callback sink):\n');
+  printCpu(cpuCeiling, await cpuSnapshot(), COUNT);
   process.stdout.write(`running a ${COUNT}-recipient campaign…\n`);
   const cpu0 = await cpuSnapshot();
   const t0 = Date.now();

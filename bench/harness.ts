@@ -61,11 +61,27 @@ export async function printStatementStats(db: Db, units: number, top = 25): Prom
     `statements: ${(Number(sum[0]?.calls ?? 0) / units).toFixed(2)} per unit, execution ${sum[0]?.exec_ms.toFixed(0)} ms, planning ${sum[0]?.plan_ms.toFixed(0)} ms in all\n`,
   );
   process.stdout.write(`statements (per unit = per ${units}); commits per unit ${(Number(xact[0]?.commits ?? 0) / units).toFixed(2)}\n`);
-  for (const r of rows) {
+  const { rows: wal } = await sql<{ records: string; fpi: string; bytes: string }>`
+    select wal_records::text as records, wal_fpi::text as fpi, wal_bytes::text as bytes from pg_stat_wal`.execute(db);
+  const w = wal[0];
+  if (w !== undefined) {
     process.stdout.write(
-      `${(Number(r.calls) / units).toFixed(3).padStart(8)} calls ${r.total_ms.toFixed(0).padStart(7)} ms (plan ${r.plan_ms.toFixed(0).padStart(5)} ms)  ${r.query.slice(0, 130)}\n`,
+      `wal per unit (whole run, setup included): ${(Number(w.records) / units).toFixed(1)} records, ${(Number(w.fpi) / units).toFixed(2)} full-page images, ${(Number(w.bytes) / units / 1024).toFixed(1)} KiB\n`,
     );
   }
+  const { rows: frequent } = await sql<{ calls: string; total_ms: number; plan_ms: number; query: string }>`
+    select s.calls::text, total_exec_time as total_ms, total_plan_time as plan_ms, regexp_replace(query, '[[:space:]]+', ' ', 'g') as query
+    from pg_stat_statements s order by s.calls desc limit 8`.execute(db);
+  const print = (list: typeof rows) => {
+    for (const r of list) {
+      process.stdout.write(
+        `${(Number(r.calls) / units).toFixed(3).padStart(8)} calls ${r.total_ms.toFixed(0).padStart(7)} ms (plan ${r.plan_ms.toFixed(0).padStart(5)} ms)  ${r.query.slice(0, 130)}\n`,
+      );
+    }
+  };
+  print(rows);
+  process.stdout.write('the most frequent:\n');
+  print(frequent);
 }
 
 export function rate(n: number, ms: number): number {
@@ -96,6 +112,18 @@ export async function cpuSnapshot(): Promise<Map<string, number>> {
             ? 'postgres'
             : (['api', 'worker', 'simulator'].find((c) => cmd.includes(c)) ?? undefined);
       if (label !== undefined) out.set(label, (out.get(label) ?? 0) + cpu);
+      if (label === 'postgres') {
+        // PostgreSQL titles its processes: "postgres: walwriter", "postgres: user db host(port) idle", …
+        const title = cmd[0] ?? '';
+        const kind = /autovacuum/.test(title)
+          ? 'autovacuum'
+          : /walwriter|checkpointer|background writer|logger|launcher/.test(title)
+            ? 'background'
+            : /^postgres: \S+ \S+ /.test(title)
+              ? 'backends'
+              : 'postmaster'; // the server itself, holding the CPU of backends that have exited
+        out.set(`pg:${kind}`, (out.get(`pg:${kind}`) ?? 0) + cpu);
+      }
     } catch {
       // the process ended meanwhile
     }
@@ -104,9 +132,12 @@ export async function cpuSnapshot(): Promise<Map<string, number>> {
 }
 
 export function printCpu(before: Map<string, number>, after: Map<string, number>, units: number): void {
-  const parts = [...after].map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const).filter(([, v]) => v > 0);
+  const all = [...after].map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const).filter(([, v]) => v > 0);
+  const parts = all.filter(([k]) => !k.startsWith('pg:'));
   const total = parts.reduce((s, [, v]) => s + v, 0);
   process.stdout.write(
     `cpu: ${parts.map(([k, v]) => `${k}=${v.toFixed(1)}s`).join(' ')} total=${total.toFixed(1)}s (${((total / units) * 1e6).toFixed(0)} µs per unit)\n`,
   );
+  const pg = all.filter(([k]) => k.startsWith('pg:'));
+  if (pg.length > 0) process.stdout.write(`cpu of postgres: ${pg.map(([k, v]) => `${k.slice(3)}=${v.toFixed(1)}s`).join(' ')}\n`);
 }

@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as consent from '../src/consent/index.ts';
+import { CONSENT_ALLOWS, SUBSCRIPTION_OK } from '../src/messaging/dispatch.ts';
 import { newId } from '../src/shared/ids.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/db.ts';
 import { insertOrg } from './helpers/orgs.ts';
@@ -60,12 +61,48 @@ describe('consent: SQL closed form == pure fold', () => {
         const fromSql = await consent.sqlConsentStates(tdb.db, ws2, phone);
         expect(fromSql).toEqual(pure);
         for (const purpose of consent.CONSENT_PURPOSES) {
-          const { rows: v } = await sql<{ ok: boolean }>`select credence_consent_allows(${ws2}, ${phone}, ${purpose}, 'api') as ok`.execute(tdb.db);
+          // the scalar function, and the inlined form the send path uses
+          const { rows: v } = await sql<{ ok: boolean; inlined: boolean }>`select credence_consent_allows(${ws2}, ${phone}, ${purpose}, 'api') as ok,
+            ${CONSENT_ALLOWS} as inlined from (select ${ws2}::text as workspace_id, ${phone}::text as to_number, ${purpose}::text as purpose, 'api'::text as producer) m`.execute(tdb.db);
           expect(v[0]!.ok).toBe(consent.consentAllows(purpose, pure[purpose]));
+          expect(v[0]!.inlined).toBe(v[0]!.ok);
         }
       }),
       { numRuns: 120 },
     );
+  });
+});
+
+describe('send-time checks in SQL', () => {
+  it('are planned into the statement that uses them, not called once per row', async () => {
+    const { rows } = await sql<{ 'QUERY PLAN': unknown }>`explain (verbose, format json)
+      select ${CONSENT_ALLOWS}, ${SUBSCRIPTION_OK} from messages m`.execute(tdb.db);
+    const plan = JSON.stringify(rows[0]!['QUERY PLAN']);
+    // inlined: the plan reads the tables and names no function of ours
+    expect(plan).toContain('consent_events');
+    expect(plan).toContain('subscriptions');
+    expect(plan).not.toMatch(/credence_(consent|subscription|phone)/);
+  });
+
+  it('a system reply needs no consent; a revoked number refuses transactional sends; an inactive subscription stops the organization', async () => {
+    const phone = '+14155550777';
+    await consent.appendConsentEvents(tdb.db, [
+      { organization_id: org, workspace_id: ws, phone, purpose: 'transactional', action: 'revoked', source: 'api', evidence: {}, actor: 't' },
+    ]);
+    const check = async (producer: string, purpose: string) => {
+      const { rows } = await sql<{ ok: boolean }>`select ${CONSENT_ALLOWS} as ok
+        from (select ${ws}::text as workspace_id, ${phone}::text as to_number, ${purpose}::text as purpose, ${producer}::text as producer) m`.execute(tdb.db);
+      return rows[0]!.ok;
+    };
+    expect(await check('system', 'transactional')).toBe(true);
+    expect(await check('api', 'transactional')).toBe(false);
+    expect(await check('api', 'appointment')).toBe(true);
+    expect(await check('campaign', 'marketing')).toBe(false);
+    const subscription = async () => {
+      const { rows } = await sql<{ ok: boolean }>`select ${SUBSCRIPTION_OK} as ok from (select ${org}::text as organization_id) m`.execute(tdb.db);
+      return rows[0]!.ok;
+    };
+    expect(await subscription()).toBe(true); // no subscription at all: packs only
   });
 });
 

@@ -75,6 +75,19 @@ describe('time zones of a recipient', () => {
   });
 });
 
+describe('the wall clock across offset changes', () => {
+  it('is read right on both sides of a change, asked every half minute (the offset is remembered per minute)', () => {
+    const p: SendPolicy = { window: { start: 60, end: 120 }, noSundays: false, noPublicHolidaysOf: null };
+    // New York springs forward at 2026-03-08 07:00Z and falls back at 2026-11-01 06:00Z
+    for (const change of [Date.parse('2026-03-08T07:00:00Z'), Date.parse('2026-11-01T06:00:00Z')]) {
+      for (let t = change - 150 * MINUTE; t <= change + 150 * MINUTE; t += MINUTE / 2) {
+        const expected = DateTime.fromMillis(t, { zone: 'America/New_York' }).hour === 1;
+        expect(isAllowedAt(new Date(t), 'America/New_York', p)).toBe(expected);
+      }
+    }
+  });
+});
+
 describe('the exact earliest instant', () => {
   const marketing = policy(w('10:00', '19:00'));
   it('defers to the window start to the millisecond, and keeps an allowed instant unchanged', () => {

@@ -93,7 +93,7 @@ async function buildMessages(
     }
     if (body.trim() === '') reason ??= 'empty_body';
     else if (body.length > messaging.MAX_BODY) reason ??= 'body_too_long';
-    if (reason === null) priced = messaging.priceMessage(r.phone, body, priceList);
+    if (reason === null && phone.ok) priced = messaging.pricePhone(phone, body, priceList);
     return {
       id: orderedId('msg', stem, r.seq, now),
       organization_id: c.organization_id,

@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import type { Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { CAMPAIGN_CLAIMABLE } from './campaignGate.ts';
-import { ruleColumns, scheduleDeferred } from './dispatch.ts';
+import { CONSENT_ALLOWS, ruleColumns, scheduleDeferred, SUBSCRIPTION_OK } from './dispatch.ts';
 import { applyLimits, countHourlySends, type LimitRow } from './limits.ts';
 import * as store from './messages.store.ts';
 import { releaseFor } from './reservations.ts';
@@ -87,9 +87,9 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
             and w.id = m.workspace_id and w.sms_enabled
             and m.country = any(coalesce(w.allowed_countries, array[w.home_country]))
             and not exists (select 1 from credit_accounts a where a.organization_id = m.organization_id and a.debt > 0)
-            and credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer)
+            and ${CONSENT_ALLOWS}
             and ${CAMPAIGN_CLAIMABLE}
-            and credence_subscription_ok(m.organization_id)
+            and ${SUBSCRIPTION_OK}
           returning m.*
         ), ev as (
           insert into message_events (message_id, organization_id, event, from_status, to_status, details)

@@ -12,15 +12,23 @@ export const SEND_BATCH = 50;
 
 type Candidate = store.MessageRow & RuleColumns;
 
+/**
+ * Message `m` may go as far as consent is concerned, and its organization's
+ * subscription lets it send. Written over the set-returning forms of the SQL
+ * checks, which the planner inlines into the statement (migration 0010).
+ */
+export const CONSENT_ALLOWS = sql`exists (select 1 from credence_consent_check(m.workspace_id, m.to_number, m.purpose, m.producer) cc where cc.allowed)`;
+export const SUBSCRIPTION_OK = sql`exists (select 1 from credence_subscription_check(m.organization_id) sc where sc.ok)`;
+
 /** The workspace columns and consent verdict the send rules need, for a query over `messages m join workspaces w`. */
 export function ruleColumns(stage: 'dispatch' | 'claim', options: { consent?: boolean } = {}) {
   // without consent: the caller checks it itself (the claim, in its UPDATE's WHERE)
-  const consent = options.consent === false ? sql`true` : sql`credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer)`;
+  const consent = options.consent === false ? sql`true` : CONSENT_ALLOWS;
   return sql`w.sms_enabled, w.home_country, w.allowed_countries, w.send_windows,
   ${consent} as consent_ok,
   ${stage === 'dispatch' ? CAMPAIGN_RUNNING : CAMPAIGN_CLAIMABLE} as campaign_running,
   ${CAMPAIGN_ENDED} as campaign_ended,
-  credence_subscription_ok(m.organization_id) as subscription_ok`;
+  ${SUBSCRIPTION_OK} as subscription_ok`;
 }
 
 /**

@@ -12,6 +12,7 @@ export {
   PURPOSES,
   type Priced,
   priceMessage,
+  pricePhone,
   scheduleDispatch,
 } from './intake.ts';
 export {

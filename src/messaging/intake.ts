@@ -6,7 +6,7 @@ import { addJob } from '../jobs/enqueue.ts';
 import { DomainError, validationError } from '../shared/errors.ts';
 import { newId } from '../shared/ids.ts';
 import * as store from './messages.store.ts';
-import { type NumberType, parsePhone } from './phone.ts';
+import { type NumberType, type ParsedPhone, parsePhone } from './phone.ts';
 import { allowedCountries, checkNumber } from '../sendrules/numberSafety.ts';
 import { validZone } from '../sendrules/timezones.ts';
 import { messageCost, type PriceList } from './pricing.ts';
@@ -33,6 +33,11 @@ export function priceMessage(to: string, body: string, priceList: PriceList | un
   if (body.length > MAX_BODY) throw validationError('body', `must be at most ${MAX_BODY} characters, got ${body.length}`);
   const phone = parsePhone(to);
   if (!phone.ok) throw validationError('to', phone.reason);
+  return pricePhone(phone, body, priceList);
+}
+
+/** The price of a body to a number already parsed (and found valid). */
+export function pricePhone(phone: Extract<ParsedPhone, { ok: true }>, body: string, priceList: PriceList | undefined): Priced {
   const seg = countSegments(body);
   return {
     to: phone.e164,

@@ -9,6 +9,7 @@ import { type BreakerState, breakerAllows, breakerRecord, CLOSED } from './break
 import { classifyCarrierError } from './carrierErrors.ts';
 import { CAMPAIGN_CLAIMABLE, CAMPAIGN_ENDED, requestCampaignChecks } from './campaignGate.ts';
 import { claim, type Claimed } from './claim.ts';
+import { CONSENT_ALLOWS, SUBSCRIPTION_OK } from './dispatch.ts';
 import { applyOptOut } from './optOut.ts';
 import * as store from './messages.store.ts';
 import { groupBy, releaseFor } from './reservations.ts';
@@ -58,9 +59,9 @@ interface Attempt {
  */
 async function stillMayGo(deps: SendDeps, m: store.MessageRow): Promise<{ ok: true } | { ok: false; reason: string; terminal: boolean }> {
   const { rows } = await sql<{ consent: boolean; campaign: boolean; ended: boolean; frozen: boolean; subscription: boolean; enabled: boolean }>`
-    select credence_consent_allows(m.workspace_id, m.to_number, m.purpose, m.producer) as consent,
+    select ${CONSENT_ALLOWS} as consent,
       ${CAMPAIGN_CLAIMABLE} as campaign, ${CAMPAIGN_ENDED} as ended,
-      o.frozen_at is not null as frozen, credence_subscription_ok(m.organization_id) as subscription, w.sms_enabled as enabled
+      o.frozen_at is not null as frozen, ${SUBSCRIPTION_OK} as subscription, w.sms_enabled as enabled
     from messages m join organizations o on o.id = m.organization_id join workspaces w on w.id = m.workspace_id
     where m.id = ${m.id}`.execute(deps.db);
   const r = rows[0];
