@@ -82,6 +82,15 @@ export async function printStatementStats(db: Db, units: number, top = 25): Prom
   print(rows);
   process.stdout.write('the most frequent:\n');
   print(frequent);
+  const { rows: reads } = await sql<{ calls: string; blocks: string; query: string }>`
+    select s.calls::text, (shared_blks_hit + shared_blks_read)::text as blocks, regexp_replace(query, '[[:space:]]+', ' ', 'g') as query
+    from pg_stat_statements s order by shared_blks_hit + shared_blks_read desc limit 8`.execute(db);
+  process.stdout.write('the most buffers read (hit or not):\n');
+  for (const r of reads) {
+    process.stdout.write(
+      `${(Number(r.calls) / units).toFixed(3).padStart(8)} calls ${(Number(r.blocks) / Number(r.calls)).toFixed(0).padStart(7)} blocks/call  ${r.query.slice(0, 130)}\n`,
+    );
+  }
 }
 
 export function rate(n: number, ms: number): number {

@@ -18,6 +18,8 @@ export interface Config {
   workerConcurrency: number;
   embeddedPgPort: number;
   dbPoolSize: number;
+  /** Run frequent statements as named prepared statements (off behind a transaction-pooling proxy). */
+  dbPreparedStatements: boolean;
   shutdownTimeoutMs: number;
   /** Real Twilio account; when absent, Credence sends through its carrier simulator. */
   twilio: { accountSid: string; authToken: string; apiUrl: string | undefined } | undefined;
@@ -136,6 +138,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     workerConcurrency: read('WORKER_CONCURRENCY', integer(1, 200), 8),
     embeddedPgPort: read('EMBEDDED_PG_PORT', integer(1024, 65535), 54329),
     dbPoolSize: read('DB_POOL_SIZE', integer(2, 500), 20),
+    dbPreparedStatements: read('DB_PREPARED_STATEMENTS', oneOf(['on', 'off'] as const), 'on') === 'on',
     shutdownTimeoutMs: read('SHUTDOWN_TIMEOUT_MS', integer(100, 600_000), 15_000),
     twilio: undefined,
     simulatorPort: read('SIMULATOR_PORT', integer(0, 65535), 3001),
@@ -224,6 +227,11 @@ export const CONFIG_DOC: readonly { variable: string; default: string; meaning: 
     meaning: 'port of the embedded PostgreSQL (loopback only)',
   },
   { variable: 'DB_POOL_SIZE', default: '20', meaning: 'database connections per process' },
+  {
+    variable: 'DB_PREPARED_STATEMENTS',
+    default: 'on',
+    meaning: 'on: frequent statements run as named prepared statements (planned once per connection); off behind a transaction-pooling proxy',
+  },
   {
     variable: 'SHUTDOWN_TIMEOUT_MS',
     default: '15000',

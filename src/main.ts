@@ -50,7 +50,7 @@ export async function openDatabase(config: Config, log: Logger): Promise<Databas
       throw err;
     });
   }
-  const db = createDb(pool);
+  const db = createDb(pool, { prepare: config.dbPreparedStatements });
   let closed: Promise<void> | undefined;
   return {
     pool,

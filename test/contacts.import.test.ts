@@ -341,7 +341,9 @@ describe('crashes and reruns', () => {
         patched.add(client);
         const query = client.query.bind(client) as (...args: unknown[]) => unknown;
         (client as { query: unknown }).query = (...args: unknown[]) => {
-          if (typeof args[0] === 'string' && args[0].includes('rows_done = rows_done +') && ++updates === 3) throw new Error('worker died');
+          // a statement run often comes as { name, text, values } (a named prepared statement)
+          const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: unknown } | null)?.text;
+          if (typeof text === 'string' && text.includes('rows_done = rows_done +') && ++updates === 3) throw new Error('worker died');
           return query(...args);
         };
       }

@@ -1,5 +1,6 @@
 import { Kysely, PostgresDialect, type Transaction } from 'kysely';
 import pg from 'pg';
+import { preparingPool } from './prepared.ts';
 import type { Database } from './schema.ts';
 
 export type Db = Kysely<Database>;
@@ -37,8 +38,9 @@ export function createPool(connectionString: string, max: number): pg.Pool {
   return pool;
 }
 
-export function createDb(pool: pg.Pool): Db {
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+/** Kysely over the pool; frequent statements become named prepared statements unless `prepare` is false. */
+export function createDb(pool: pg.Pool, options: { prepare?: boolean } = {}): Db {
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool: options.prepare === false ? pool : preparingPool(pool) }) });
 }
 
 /** Errors that mean "the server is not there yet" (restarting, starting up), not "you may not". */
