@@ -15,7 +15,7 @@ import { newId } from '../src/shared/ids.ts';
 import { daytimeZone } from '../test/helpers/campaigns.ts';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { ceilingBefore, measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase, cpuSnapshot, printCpu, printStatementStats } from './harness.ts';
+import { benchDatabase, cpuSnapshot, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_CAMPAIGN_RECIPIENTS ?? 100_000);
@@ -101,6 +101,8 @@ try {
   worker.child.kill('SIGTERM');
   api.child.kill('SIGTERM');
   await Promise.all([worker.exited, api.exited]);
+  printLoggedProblems('worker', worker.output());
+  printLoggedProblems('api', api.output());
   const after = await measureCarrierCeiling({ simulatorUrl: simUrl, accountSid: account.sid, authToken: account.authToken, count: COUNT, concurrency: 50 });
   const ceiling = Math.max(before, after);
   process.stdout.write(`ceiling: before=${before} after=${after}; the ratio uses the higher\n`);

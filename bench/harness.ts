@@ -150,3 +150,26 @@ export function printCpu(before: Map<string, number>, after: Map<string, number>
   const pg = all.filter(([k]) => k.startsWith('pg:'));
   if (pg.length > 0) process.stdout.write(`cpu of postgres: ${pg.map(([k, v]) => `${k.slice(3)}=${v.toFixed(1)}s`).join(' ')}\n`);
 }
+
+/**
+ * The warnings and errors a child process logged (pino JSON, level 40 and
+ * up), counted by message, so a run that recovered from failures says so.
+ */
+export function printLoggedProblems(name: string, output: string): void {
+  const counts = new Map<string, number>();
+  for (const line of output.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const entry = JSON.parse(line) as { level?: number; msg?: string; err?: unknown };
+      if ((entry.level ?? 0) < 40) continue;
+      const err = typeof entry.err === 'string' ? entry.err : ((entry.err as { message?: string } | undefined)?.message ?? '');
+      const key = `${entry.msg ?? ''}${err ? `: ${err}` : ''}`.slice(0, 160);
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+    } catch {
+      // not a log line
+    }
+  }
+  if (counts.size === 0) return;
+  process.stdout.write(`${name} logged problems:\n`);
+  for (const [msg, n] of [...counts].sort((a, b) => b[1] - a[1]).slice(0, 8)) process.stdout.write(`  ${String(n).padStart(6)} × ${msg}\n`);
+}

@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { ceilingBefore, measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase, cpuSnapshot, printCpu, printStatementStats } from './harness.ts';
+import { benchDatabase, cpuSnapshot, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_SEND_MESSAGES ?? 20_000);
@@ -102,6 +102,8 @@ try {
   worker.child.kill('SIGTERM');
   api.child.kill('SIGTERM');
   await Promise.all([worker.exited, api.exited]);
+  printLoggedProblems('worker', worker.output());
+  printLoggedProblems('api', api.output());
 
   const after = await measureCarrierCeiling({ simulatorUrl: simUrl, accountSid: account.sid, authToken: account.authToken, count: COUNT, concurrency: 50 });
   const ceiling = Math.max(before, after);

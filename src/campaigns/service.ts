@@ -195,13 +195,10 @@ export async function checkCampaign(deps: { db: Db; log: Logger }, campaignId: s
     const c = await findCampaign(trx, campaignId);
     if (c === undefined || c.status !== 'running') return;
     if (c.error_threshold !== null) {
-      const { rows } = await sql<{ failed: number; total: number }>`
-        select count(*) filter (where status = 'failed' and status_reason = 'carrier_error')::int as failed, count(*)::int as total
-        from (select status, status_reason from messages where campaign_id = ${c.id} and claimed_at is not null
-          and status in ('sent', 'delivered', 'undelivered', 'failed') order by claimed_at desc limit 500) recent`.execute(trx);
-      if (errorThresholdExceeded(rows[0]!, c.error_threshold)) {
+      const recent = await recentOutcomes(trx, c.id);
+      if (errorThresholdExceeded(recent, c.error_threshold)) {
         await messaging.pauseCampaigns(trx, [c.id], 'error_threshold', 'campaign_check');
-        deps.log.warn({ campaign_id: c.id, ...rows[0] }, 'campaign paused: error threshold passed');
+        deps.log.warn({ campaign_id: c.id, ...recent }, 'campaign paused: error threshold passed');
         return;
       }
     }
@@ -223,6 +220,29 @@ export async function checkCampaign(deps: { db: Db; log: Logger }, campaignId: s
     if (made[0]!.n < c.audience_size) return; // the advance has not created them all (it will check again)
     await applyCampaignEvent(trx, c.id, 'complete', { actor: 'campaign_check', set: sql`completed_at = now()` });
   });
+}
+
+/** How many sends the error threshold looks back over. */
+export const RECENT_SENDS = 500;
+const FINISHED = ['sent', 'delivered', 'undelivered', 'failed'] as const;
+
+/**
+ * The campaign's last RECENT_SENDS claimed messages that have an outcome,
+ * and how many of them the carrier refused for good. Each final status is
+ * read from the end of its range in (campaign_id, status, claimed_at), so a
+ * check costs the same at the millionth send as at the first.
+ */
+export async function recentOutcomes(db: DbOrTx, campaignId: string): Promise<{ failed: number; total: number }> {
+  const branches = FINISHED.map(
+    (status) => sql`(select status, status_reason, claimed_at from messages
+      where campaign_id = ${campaignId} and status = ${status} and claimed_at is not null
+      order by claimed_at desc limit ${RECENT_SENDS})`,
+  );
+  const { rows } = await sql<{ failed: number; total: number }>`
+    select count(*) filter (where status = 'failed' and status_reason = 'carrier_error')::int as failed, count(*)::int as total
+    from (select status, status_reason from (${sql.join(branches, sql` union all `)}) u
+      order by claimed_at desc limit ${RECENT_SENDS}) recent`.execute(db);
+  return rows[0]!;
 }
 
 /** The sweep's share: look at every running campaign now and then (completion, thresholds). */
