@@ -93,6 +93,20 @@ try {
   const { rows } = await sql<{ body: string; created_at: Date }>`select body, created_at from messages where body like 'bench %'`.execute(database.db);
   const latencies = rows.map((r) => (accepted.get(r.body) ?? Number.NaN) - r.created_at.getTime()).filter(Number.isFinite).sort((a, b) => a - b);
   const duplicates = log.length - new Set(log.map((m) => m.body)).size;
+  // Stragglers: messages that took far longer than the rest show the path they took.
+  const slow = rows
+    .map((r) => ({ body: r.body, ms: (accepted.get(r.body) ?? Number.NaN) - r.created_at.getTime() }))
+    .filter((r) => r.ms > 10_000)
+    .sort((a, b) => b.ms - a.ms);
+  if (slow.length > 0) {
+    process.stdout.write(`stragglers: ${slow.length} messages took over 10 s; the slowest:\n`);
+    for (const r of slow.slice(0, 3)) {
+      const { rows: trail } = await sql<{ at: Date; event: string; to_status: string; reason: string | null }>`
+        select e.at, e.event, e.to_status, e.reason from message_events e join messages m on m.id = e.message_id
+        where m.body = ${r.body} order by e.seq`.execute(database.db);
+      process.stdout.write(`  ${r.body}: ${(r.ms / 1000).toFixed(1)} s: ${trail.map((t) => `${t.at.toISOString().slice(11, 23)} ${t.event}→${t.to_status}${t.reason ? ` (${t.reason})` : ''}`).join(', ')}\n`);
+    }
+  }
   const p50 = percentile(latencies, 50);
   const p99 = percentile(latencies, 99);
   printCpu(cpu0, await cpuSnapshot(), COUNT);

@@ -85,15 +85,45 @@ export async function sendBatch(deps: SendDeps, messageIds: readonly string[]): 
   const claimed = await claim(deps, messageIds);
   if (claimed.length === 0) return { attempted: 0 };
   const attempts = await Promise.all(claimed.map((c) => attemptOne(deps, c)));
-  await record(deps, attempts);
+  await recordRetrying(deps, attempts);
   return { attempted: attempts.length };
+}
+
+/** SQLSTATEs after which the whole transaction rolled back and may simply run again. */
+const RETRYABLE = new Set(['40P01', '40001']); // deadlock detected, serialization failure
+export const RECORD_TRIES = 3;
+
+/**
+ * The outcomes are known only to this process: a deadlock or serialization
+ * failure in their transaction (it rolled back whole) is retried at once
+ * rather than leaving the batch `sending` for the lease and reconciliation.
+ */
+async function recordRetrying(deps: SendDeps, attempts: readonly Attempt[]): Promise<void> {
+  for (let tries = 1; ; tries++) {
+    try {
+      await record(deps, attempts);
+      return;
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (typeof code !== 'string' || !RETRYABLE.has(code) || tries >= RECORD_TRIES) throw err;
+      deps.log.warn({ code, tries, message_ids: attempts.length }, 'outcome step rolled back; recording again');
+    }
+  }
 }
 
 async function attemptOne(deps: SendDeps, c: Claimed): Promise<Attempt> {
   const wait = c.notBefore - Date.now();
   if (wait > 0) {
     await sleep(wait);
-    const check = await stillMayGo(deps, c.message);
+    let check: Awaited<ReturnType<typeof stillMayGo>>;
+    try {
+      check = await stillMayGo(deps, c.message);
+    } catch (err) {
+      // Not sent, and known not to be: a transient failure like any other (back
+      // to queued with backoff), not a lost batch left `sending` until its lease.
+      deps.log.warn({ message_id: c.message.id, err: (err as Error).message }, 'pre-send check failed; not sent');
+      return { message: c.message, outcome: { outcome: 'not_sent', reason: `pre-send check failed: ${(err as Error).message}` } };
+    }
     if (!check.ok) return { message: c.message, outcome: { outcome: 'withdrawn', reason: check.reason, terminal: check.terminal } };
   }
   const account = deps.carrier.accountId;
