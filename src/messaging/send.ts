@@ -91,7 +91,7 @@ export async function sendBatch(deps: SendDeps, messageIds: readonly string[]): 
 
 /** SQLSTATEs after which the whole transaction rolled back and may simply run again. */
 const RETRYABLE = new Set(['40P01', '40001']); // deadlock detected, serialization failure
-export const RECORD_TRIES = 3;
+const RECORD_TRIES = 3;
 
 /**
  * The outcomes are known only to this process: a deadlock or serialization
@@ -106,7 +106,7 @@ async function recordRetrying(deps: SendDeps, attempts: readonly Attempt[]): Pro
     } catch (err) {
       const code = (err as { code?: unknown }).code;
       if (typeof code !== 'string' || !RETRYABLE.has(code) || tries >= RECORD_TRIES) throw err;
-      deps.log.warn({ code, tries, message_ids: attempts.length }, 'outcome step rolled back; recording again');
+      deps.log.warn({ code, tries, messages: attempts.length }, 'outcome step rolled back; recording again');
     }
   }
 }
