@@ -248,7 +248,8 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
       if (output.length < 20_000) output += text;
       for (const line of text.split('\n')) {
         if (line.trim() === '') continue;
-        if (/FATAL|PANIC/.test(line) && !line.includes('administrator command'))
+        // a deadlock or serialization failure costs a transaction a retry: worth seeing, as a crash is
+        if ((/FATAL|PANIC/.test(line) && !line.includes('administrator command')) || /deadlock detected|could not serialize access/.test(line))
           log.warn({ postgres: line }, 'postgres');
         else log.debug({ postgres: line }, 'postgres');
       }
