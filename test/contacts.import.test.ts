@@ -1,9 +1,9 @@
 import { sql } from 'kysely';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Readable } from 'node:stream';
 import { receiveImport, runContactImport } from '../src/contacts/index.ts';
 import { createDb } from '../src/db/db.ts';
+import { failingPool } from './helpers/failingPool.ts';
 import { bearer, buildTestApp, createTenant, operatorKey, silentLog, type Tenant, type TestApp } from './helpers/app.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/db.ts';
 
@@ -331,24 +331,12 @@ describe('crashes and reruns', () => {
     const res = await upload(t.workspaceKey, model.csv, `?mapping=${encodeURIComponent(MAPPING)}&default_country=US`);
     expect(res.status).toBe(202);
     // a pool whose third progress update fails: the worker dies inside the batch transaction
-    const pool = new pg.Pool({ connectionString: tdb.url, max: 2 });
     let updates = 0;
-    const patched = new WeakSet<object>();
-    const connect = pool.connect.bind(pool);
-    pool.connect = (async () => {
-      const client = await connect();
-      if (!patched.has(client)) {
-        patched.add(client);
-        const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-        (client as { query: unknown }).query = (...args: unknown[]) => {
-          // a statement run often comes as { name, text, values } (a named prepared statement)
-          const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: unknown } | null)?.text;
-          if (typeof text === 'string' && text.includes('rows_done = rows_done +') && ++updates === 3) throw new Error('worker died');
-          return query(...args);
-        };
-      }
-      return client;
-    }) as typeof pool.connect;
+    const pool = failingPool(
+      tdb.url,
+      (text) => (text.includes('rows_done = rows_done +') && ++updates === 3 ? new Error('worker died') : undefined),
+      2,
+    );
     const crashing = createDb(pool);
     await expect(runContactImport({ db: crashing, log: silentLog }, { importId: res.body.id })).rejects.toThrow('worker died');
     await crashing.destroy();

@@ -1,8 +1,8 @@
 import { sql } from 'kysely';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDb, type Db } from '../src/db/db.ts';
 import { dispatchOrganization, sendBatch } from '../src/messaging/index.ts';
+import { failingPool } from './helpers/failingPool.ts';
 import { eventually, grantCredits, message, type Pipeline, sendViaApi, startPipeline } from './helpers/pipeline.ts';
 
 /**
@@ -29,26 +29,12 @@ afterAll(async () => {
  * would fail them. Statements may come as text or as a named prepared statement.
  */
 function failing(marker: string, error: () => Error, times = Number.POSITIVE_INFINITY): { db: Db; failures: () => number } {
-  const pool = new pg.Pool({ connectionString: p.tdb.url, max: 4 });
   let failures = 0;
-  const patched = new WeakSet<object>();
-  const connect = pool.connect.bind(pool);
-  pool.connect = (async () => {
-    const client = await connect();
-    if (!patched.has(client)) {
-      patched.add(client);
-      const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-      (client as { query: unknown }).query = (...args: unknown[]) => {
-        const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: unknown } | null)?.text;
-        if (typeof text === 'string' && text.includes(marker) && failures < times) {
-          failures++;
-          return Promise.reject(error());
-        }
-        return query(...args);
-      };
-    }
-    return client;
-  }) as typeof pool.connect;
+  const pool = failingPool(p.tdb.url, (text) => {
+    if (!text.includes(marker) || failures >= times) return undefined;
+    failures++;
+    return error();
+  });
   return { db: createDb(pool), failures: () => failures };
 }
 
