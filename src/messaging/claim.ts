@@ -82,7 +82,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
           update messages m set status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
             lease_until = now() + ${`${leaseMs} milliseconds`}::interval, next_attempt_at = null, updated_at = now()
           from organizations o, workspaces w
-          where m.id = any(${go.map((g) => g.message.id)}::text[]) and m.status = 'queued'
+          where m.id = any(${go.map((g) => g.message.id)}::text[]) and ${store.statusOfListed('m', ['queued'])}
             and o.id = m.organization_id and o.frozen_at is null
             and w.id = m.workspace_id and w.sms_enabled
             and m.country = any(coalesce(w.allowed_countries, array[w.home_country]))
@@ -128,7 +128,7 @@ async function lockQueued(trx: Tx, ids: readonly string[], options: { consent: b
     join workspaces w on w.id = m.workspace_id
     join organizations o on o.id = m.organization_id
     left join credit_accounts a on a.organization_id = m.organization_id
-    where m.id = any(${[...ids]}::text[]) and m.status = 'queued'
+    where m.id = any(${[...ids]}::text[]) and ${store.statusOfListed('m', ['queued'])}
       and coalesce(m.next_attempt_at, m.send_at) <= now()
     order by m.id
     for update of m skip locked`.execute(trx);

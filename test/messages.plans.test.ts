@@ -1,0 +1,82 @@
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDb } from '../src/db/db.ts';
+import { dispatchOrganization } from '../src/messaging/index.ts';
+import { claim } from '../src/messaging/claim.ts';
+import * as store from '../src/messaging/messages.store.ts';
+import { interceptingPool, type SeenStatement } from './helpers/failingPool.ts';
+import { grantCredits, type Pipeline, sendViaApi, startPipeline } from './helpers/pipeline.ts';
+import { newSid } from './helpers/statusBatch.ts';
+
+/**
+ * The claim and the outcome step find a batch's messages by id. Their
+ * statements also name a status, and each status set they name is the
+ * predicate of a partial index (`messages_due` for queued,
+ * `messages_in_flight` for sending). While the table's statistics still say
+ * those statuses are rare, as they do just after a campaign has created
+ * its messages, the planner would rather read the whole partial index and
+ * filter it by id: every batch would then pay for the whole backlog. This
+ * test makes exactly that situation and reads the plans of the statements
+ * the steps really sent.
+ */
+let p: Pipeline;
+
+beforeAll(async () => {
+  p = await startPipeline({ withWorker: false, senderMps: 1000 });
+  await grantCredits(p, 10_000);
+});
+afterAll(async () => {
+  await p?.close();
+});
+
+async function filler(prefix: string, n: number, status: string, lease: boolean): Promise<void> {
+  await sql`insert into messages (id, organization_id, workspace_id, dedupe_key, producer, purpose, to_number, country,
+      from_number, body, encoding, segments, cost, status, send_at, claimed_at, lease_until)
+    select 'msg_' || ${prefix} || lpad(i::text, 6, '0'), ${p.tenant.organizationId}, ${p.tenant.workspaceId}, ${prefix} || i, 'api',
+      'transactional', '+14155550000', 'US', '+14155550100', 'x', 'GSM-7', 1, 1, ${status}, now() - interval '1 minute',
+      ${lease ? sql`now()` : sql`null`}, ${lease ? sql`now() + interval '1 hour'` : sql`null`}
+    from generate_series(1, ${n}) i`.execute(p.tdb.db);
+}
+
+describe('the statements that find messages by id', () => {
+  it('read them through the primary key, not a status index, with a backlog the statistics do not know of', async () => {
+    await sql`alter table messages set (autovacuum_enabled = off)`.execute(p.tdb.db);
+    await filler('done_', 2_000, 'delivered', false);
+    await sql`analyze messages`.execute(p.tdb.db);
+    await filler('queued_', 5_000, 'queued', false);
+    await filler('sending_', 5_000, 'sending', true);
+
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const r = await sendViaApi(p, { to: `+1415555${String(7000 + i)}`, body: `plan test ${i}` });
+      expect(r.statusCode).toBe(202);
+      ids.push(r.json.id as string);
+    }
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+
+    const seen: SeenStatement[] = [];
+    const db = createDb(interceptingPool(p.tdb.url, (s) => void seen.push(s)));
+    try {
+      const claimed = await claim({ ...p.sendDeps, db }, ids);
+      expect(claimed).toHaveLength(20);
+      const sent = await store.applyEvent(
+        db,
+        'accepted',
+        claimed.map((c) => ({ id: c.message.id, patch: { provider_sid: newSid(), lease_until: null, expect_attempts: c.message.attempts } })),
+      );
+      expect(sent).toHaveLength(20);
+    } finally {
+      await db.destroy();
+    }
+
+    // the lock of the queued batch, the claim UPDATE, the outcome UPDATE
+    const byId = seen.filter((s) => /^\s*(with|select|update)\b/i.test(s.text) && /\bmessages m\b/.test(s.text));
+    expect(byId.length).toBeGreaterThanOrEqual(3);
+    for (const s of byId) {
+      const { rows } = await p.tdb.pool.query<{ 'QUERY PLAN': unknown }>(`explain (format json) ${s.text}`, [...s.values]);
+      const plan = JSON.stringify(rows[0]!['QUERY PLAN']);
+      expect(plan, s.text).not.toMatch(/messages_due|messages_in_flight|messages_dispatchable|messages_blocked/);
+      expect(plan, s.text).toContain('messages_pkey');
+    }
+  });
+});
