@@ -38,6 +38,24 @@ async function filler(prefix: string, n: number, status: string, lease: boolean)
     from generate_series(1, ${n}) i`.execute(p.tdb.db);
 }
 
+/** Each scan of `relation` in an EXPLAIN (FORMAT JSON) plan, as "<node type> on <index>[+<index>…]" ("Seq Scan on -"). */
+function scansOf(plan: unknown, relation: string): string[] {
+  const found: string[] = [];
+  const walk = (node: unknown): void => {
+    if (Array.isArray(node)) return node.forEach(walk);
+    if (node === null || typeof node !== 'object') return;
+    const n = node as Record<string, unknown>;
+    if (n['Relation Name'] === relation && typeof n['Node Type'] === 'string' && n['Node Type'].includes('Scan')) {
+      // a bitmap heap scan reads the indexes its bitmap index scans name
+      const indexes = n['Node Type'] === 'Bitmap Heap Scan' ? [...JSON.stringify(n['Plans']).matchAll(/"Index Name":"(\w+)"/g)].map((m) => m[1]) : [n['Index Name']];
+      found.push(`${n['Node Type']} on ${indexes.map((i) => (typeof i === 'string' ? i : '-')).join('+')}`);
+    }
+    Object.values(n).forEach(walk);
+  };
+  walk(plan);
+  return found;
+}
+
 describe('the statements that find messages by id', () => {
   it('read them through the primary key, not a status index, with a backlog the statistics do not know of', async () => {
     await sql`alter table messages set (autovacuum_enabled = off)`.execute(p.tdb.db);
@@ -74,9 +92,9 @@ describe('the statements that find messages by id', () => {
     expect(byId.length).toBeGreaterThanOrEqual(3);
     for (const s of byId) {
       const { rows } = await p.tdb.pool.query<{ 'QUERY PLAN': unknown }>(`explain (format json) ${s.text}`, [...s.values]);
-      const plan = JSON.stringify(rows[0]!['QUERY PLAN']);
-      expect(plan, s.text).not.toMatch(/messages_due|messages_in_flight|messages_dispatchable|messages_blocked/);
-      expect(plan, s.text).toContain('messages_pkey');
+      const scans = scansOf(rows[0]!['QUERY PLAN'], 'messages');
+      expect(scans.length, s.text).toBeGreaterThan(0);
+      for (const scan of scans) expect(scan, s.text).toMatch(/ on messages_pkey$/);
     }
   });
 });
