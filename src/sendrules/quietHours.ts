@@ -224,7 +224,7 @@ function firstOffsetChange(zone: IANAZone, from: number, to: number, offset: num
 function nextAllowedIn(zone: IANAZone, from: number, limit: number, policy: SendPolicy): number | null {
   let t = from;
   while (t <= limit) {
-    const offset = offsetMs(zone, t);
+    const offset = offsetAtMinute(zone, t);
     const candidate = earliestLocal(t + offset, policy) - offset; // if the offset holds until then
     const change = firstOffsetChange(zone, t, Math.min(candidate, limit), offset);
     if (change === null) return candidate <= limit ? candidate : null;
