@@ -136,6 +136,9 @@ async function initialise(bin: Binaries, dataDir: string, password: string): Pro
   }
 }
 
+/** sockaddr_un holds 108 bytes on Linux, 104 on macOS, the terminating NUL included. */
+const MAX_SOCKET_PATH = 100;
+
 async function canConnect(url: string): Promise<boolean> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
   client.on('error', () => {});
@@ -178,9 +181,24 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     password = randomBytes(18).toString('base64url');
     await fs.writeFile(pwPath, `${password}\n`, { mode: 0o600 });
   }
-  const base = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}`;
-  const adminUrl = `${base}/postgres`;
-  const url = `${base}/${database}`;
+  // Our own processes connect through a Unix socket in `dir`: the server is
+  // on this machine, and a socket costs the kernel less per statement than
+  // loopback TCP (about 3 % of the whole send pipeline's CPU in the
+  // benchmark). TCP on 127.0.0.1 stays open for other tools. A path too
+  // long for a socket address (about 100 bytes) falls back to TCP.
+  const socketDir = path.join(dir, 'socket');
+  const useSocket = Buffer.byteLength(path.join(socketDir, `.s.PGSQL.${port}`)) <= MAX_SOCKET_PATH;
+  if (useSocket) {
+    await fs.mkdir(socketDir, { recursive: true, mode: 0o755 });
+    const user = serverUser();
+    if (user.uid !== undefined) await fs.chown(socketDir, user.uid, user.gid ?? user.uid);
+  }
+  const credentials = `postgres:${encodeURIComponent(password)}`;
+  const tcpUrlOf = (db: string) => `postgres://${credentials}@127.0.0.1:${port}/${db}`;
+  const urlOf = (db: string) =>
+    useSocket ? `postgres://${credentials}@localhost:${port}/${db}?host=${encodeURIComponent(socketDir)}` : tcpUrlOf(db);
+  const adminUrl = urlOf('postgres');
+  const url = urlOf(database);
 
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) {
     log.info({ dataDir }, 'initialising embedded PostgreSQL');
@@ -194,17 +212,19 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
   if (serverPid !== undefined && isAlive(serverPid)) {
     const ownerPid = await readPid(ownerPath);
     if (ownerPid !== undefined && ownerPid !== process.pid && isAlive(ownerPid)) {
-      if (!(await canConnect(adminUrl))) {
+      // through its socket, or over TCP when the running server has none (started by an older Credence)
+      const reach = (await canConnect(adminUrl)) ? urlOf : (await canConnect(tcpUrlOf('postgres'))) ? tcpUrlOf : undefined;
+      if (reach === undefined) {
         throw new Error(
           `The embedded PostgreSQL in ${dataDir} belongs to process ${ownerPid} but does not answer on port ${port}.`,
         );
       }
-      await ensureDatabase(adminUrl, database);
+      await ensureDatabase(reach('postgres'), database);
       log.info(
         { pgPid: serverPid, ownerPid },
         'attached to the embedded PostgreSQL of a running Credence',
       );
-      return { url, adminUrl, owned: false, pid: serverPid, stop: async () => {} };
+      return { url: reach(database), adminUrl: reach('postgres'), owned: false, pid: serverPid, stop: async () => {} };
     }
     log.warn(
       { pgPid: serverPid },
@@ -225,7 +245,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     '-h',
     '127.0.0.1',
     '-c',
-    'unix_socket_directories=',
+    `unix_socket_directories=${useSocket ? socketDir : ''}`,
     '-c',
     `max_connections=${options.maxConnections ?? 200}`,
   ];
