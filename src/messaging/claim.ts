@@ -77,7 +77,8 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     let claimed: store.MessageRow[] = [];
     if (go.length > 0) {
       // The claim itself: one conditional UPDATE, gates and consent repeated in its WHERE.
-      ({ rows: claimed } = await sql<store.MessageRow>`
+      // It returns only what it changed; the rest of each row is as locked above.
+      const { rows: changed } = await sql<Pick<store.MessageRow, 'id' | 'attempts' | 'claimed_at' | 'lease_until' | 'updated_at'>>`
         with c as (
           update messages m set status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
             lease_until = now() + ${`${leaseMs} milliseconds`}::interval, next_attempt_at = null, updated_at = now()
@@ -90,12 +91,14 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
             and ${CONSENT_ALLOWS}
             and ${CAMPAIGN_CLAIMABLE}
             and ${SUBSCRIPTION_OK}
-          returning m.*
+          returning m.id, m.organization_id, m.attempts, m.claimed_at, m.lease_until, m.updated_at
         ), ev as (
           insert into message_events (message_id, organization_id, event, from_status, to_status, details)
           select id, organization_id, 'claim', 'queued', 'sending', jsonb_build_object('attempt', attempts) from c
         )
-        select * from c`.execute(trx));
+        select id, attempts, claimed_at, lease_until, updated_at from c`.execute(trx);
+      const locked = new Map(eligible.map((m) => [m.id, m]));
+      claimed = changed.map((c) => ({ ...locked.get(c.id)!, ...c, status: 'sending', next_attempt_at: null }));
       const claimedIds = new Set(claimed.map((m) => m.id));
       await countHourlySends(
         trx,
