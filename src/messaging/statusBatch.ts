@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import type { Db } from '../db/db.ts';
+import type { Db, DbOrTx } from '../db/db.ts';
 import { createBatcher, type Settled } from '../shared/batcher.ts';
 import type { Logger } from '../shared/logger.ts';
 import * as store from './messages.store.ts';
@@ -19,7 +19,8 @@ import {
  * each its own HTTP request. Applied one by one they cost a statement and a
  * commit (a WAL flush) each. The batcher gathers the callbacks that arrive
  * while earlier ones are being written and applies their common forward
- * steps in one transaction: one statement per event, one commit for all.
+ * steps with one statement per event (`sent`, `delivered`), in one
+ * transaction when the batch holds both: one commit for all.
  * Each request is answered only after the commit that holds its step, so a
  * 200 still means "recorded"; a failed commit fails every request in it
  * (the carrier retries them).
@@ -59,14 +60,21 @@ async function flush(deps: { db: Db; log: Logger }, batch: readonly StatusReport
   for (const r of batch) if (!firstOf.has(stepOf(r))) firstOf.set(stepOf(r), r);
   const unique = [...firstOf.values()];
   const moved = new Set<string>();
-  // throws: every request of the batch fails (the carrier retries them)
-  await deps.db.transaction().execute(async (trx) => {
-    // `sent` before `delivered`: both for one message in one batch apply in order
-    for (const event of ['carrier_sent', 'carrier_delivered'] as const) {
-      const items = unique.filter((r) => r.event === event).map((r) => ({ id: r.messageId, patch: fastPatch(r) }));
-      for (const row of await store.applyEvent(trx, event, items, { onlyFrom: FAST_FROM, skipLocked: true })) moved.add(`${row.id}\u0000${event}`);
+  // `sent` before `delivered`: both for one message in one batch apply in order
+  const steps = (['carrier_sent', 'carrier_delivered'] as const)
+    .map((event) => ({ event, items: unique.filter((r) => r.event === event).map((r) => ({ id: r.messageId, patch: fastPatch(r) })) }))
+    .filter((step) => step.items.length > 0);
+  const apply = async (db: DbOrTx) => {
+    for (const { event, items } of steps) {
+      for (const row of await store.applyEvent(db, event, items, { onlyFrom: FAST_FROM, skipLocked: true })) moved.add(`${row.id}\u0000${event}`);
     }
-  });
+  };
+  // throws: every request of the batch fails (the carrier retries them). One
+  // statement is atomic on its own; a transaction would only add a BEGIN and
+  // a COMMIT, which at a moderate pace (a callback or two per batch) are
+  // most of the batch's statements.
+  if (steps.length > 1) await deps.db.transaction().execute(apply);
+  else await apply(deps.db);
   const results = new Map<string, Settled<CallbackResult>>();
   const rest: StatusReport[] = [];
   const seen = new Set<string>();
