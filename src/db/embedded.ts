@@ -139,6 +139,23 @@ async function initialise(bin: Binaries, dataDir: string, password: string): Pro
 /** sockaddr_un holds 108 bytes on Linux, 104 on macOS, the terminating NUL included. */
 const MAX_SOCKET_PATH = 100;
 
+/**
+ * Where Credence's own processes reach the embedded server (pure): through
+ * a Unix socket in `dir` when its path fits a socket address, since the
+ * server is on this machine and a socket costs the kernel less per
+ * statement than loopback TCP (about 3 % of the send pipeline's CPU in the
+ * benchmark); otherwise over TCP on 127.0.0.1, which stays open for other
+ * tools either way.
+ */
+export function embeddedAddresses(dir: string, port: number, password: string) {
+  const socketDir = path.join(dir, 'socket');
+  const fits = Buffer.byteLength(path.join(socketDir, `.s.PGSQL.${port}`)) <= MAX_SOCKET_PATH;
+  const credentials = `postgres:${encodeURIComponent(password)}`;
+  const tcpUrlOf = (db: string) => `postgres://${credentials}@127.0.0.1:${port}/${db}`;
+  const urlOf = (db: string) => (fits ? `postgres://${credentials}@localhost:${port}/${db}?host=${encodeURIComponent(socketDir)}` : tcpUrlOf(db));
+  return { socketDir: fits ? socketDir : undefined, urlOf, tcpUrlOf };
+}
+
 async function canConnect(url: string): Promise<boolean> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
   client.on('error', () => {});
@@ -181,22 +198,12 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     password = randomBytes(18).toString('base64url');
     await fs.writeFile(pwPath, `${password}\n`, { mode: 0o600 });
   }
-  // Our own processes connect through a Unix socket in `dir`: the server is
-  // on this machine, and a socket costs the kernel less per statement than
-  // loopback TCP (about 3 % of the whole send pipeline's CPU in the
-  // benchmark). TCP on 127.0.0.1 stays open for other tools. A path too
-  // long for a socket address (about 100 bytes) falls back to TCP.
-  const socketDir = path.join(dir, 'socket');
-  const useSocket = Buffer.byteLength(path.join(socketDir, `.s.PGSQL.${port}`)) <= MAX_SOCKET_PATH;
-  if (useSocket) {
+  const { socketDir, urlOf, tcpUrlOf } = embeddedAddresses(dir, port, password);
+  if (socketDir !== undefined) {
     await fs.mkdir(socketDir, { recursive: true, mode: 0o755 });
     const user = serverUser();
     if (user.uid !== undefined) await fs.chown(socketDir, user.uid, user.gid ?? user.uid);
   }
-  const credentials = `postgres:${encodeURIComponent(password)}`;
-  const tcpUrlOf = (db: string) => `postgres://${credentials}@127.0.0.1:${port}/${db}`;
-  const urlOf = (db: string) =>
-    useSocket ? `postgres://${credentials}@localhost:${port}/${db}?host=${encodeURIComponent(socketDir)}` : tcpUrlOf(db);
   const adminUrl = urlOf('postgres');
   const url = urlOf(database);
 
@@ -245,7 +252,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     '-h',
     '127.0.0.1',
     '-c',
-    `unix_socket_directories=${useSocket ? socketDir : ''}`,
+    `unix_socket_directories=${socketDir ?? ''}`,
     '-c',
     `max_connections=${options.maxConnections ?? 200}`,
   ];
