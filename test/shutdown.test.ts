@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase } from './helpers/db.ts';
 import { freePort } from './helpers/ports.ts';
 import { isAlive, killAllSpawned, spawnCredence } from './helpers/process.ts';
 
@@ -86,5 +87,33 @@ describe('credence start: one command up, clean shutdown, data kept', () => {
     proc.child.kill('SIGTERM');
     expect((await proc.exited).code).toBe(0);
     expect(isAlive(pgPid!)).toBe(false);
+  });
+});
+
+describe('a signal the moment a process says it is ready', () => {
+  // The ready line wakes whoever waits for it, and the writer is often
+  // preempted right there: its signal handlers must already be in place, or
+  // the signal kills it outright (exit by SIGTERM, nothing stopped in order).
+  it('stops the simulators and a worker cleanly, every time', async () => {
+    const tdb = await createTestDatabase();
+    try {
+      const spawns = [
+        ...Array.from({ length: 6 }, () => spawnCredence(['simulator'], { SIMULATOR_PORT: '0' })),
+        ...Array.from({ length: 6 }, () => spawnCredence(['payments-simulator'], { PAYMENTS_SIMULATOR_PORT: '0' })),
+        ...Array.from({ length: 3 }, (_, i) =>
+          spawnCredence(['worker'], { DATABASE_URL: tdb.url, CREDENCE_HOME: path.join(home, `worker-${i}`), TWILIO_ACCOUNT_SID: 'AC' + '0'.repeat(32), TWILIO_AUTH_TOKEN: 'x'.repeat(32), TWILIO_API_URL: 'http://127.0.0.1:9' }),
+        ),
+      ];
+      const exits = await Promise.all(
+        spawns.map(async (proc) => {
+          await proc.waitFor(/Press Ctrl-C to stop/, 90_000);
+          proc.child.kill('SIGTERM');
+          return proc.exited;
+        }),
+      );
+      expect(exits).toEqual(spawns.map(() => ({ code: 0, signal: null })));
+    } finally {
+      await tdb.close();
+    }
   });
 });

@@ -86,11 +86,25 @@ function banner(url: string | undefined, roles: Roles, operatorKey: string | und
   return lines.join('\n');
 }
 
+/**
+ * Resolves 0 once `stop` has run after a SIGINT or SIGTERM. Call it before
+ * printing that the process is ready: whoever waits for that line may send a
+ * signal at once, and until a handler exists a SIGTERM kills the process
+ * outright (a child is often preempted right after the write that wakes its
+ * parent).
+ */
+function untilSignal(stop: () => Promise<void>): Promise<number> {
+  return new Promise<number>((resolve) => {
+    const onSignal = () => void stop().then(() => resolve(0));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+  });
+}
+
 async function serve(config: Config, log: Logger, roles: Roles): Promise<number> {
   const { startCredence } = await import('../main.ts');
   const running = await startCredence(config, log, roles);
-  process.stdout.write(banner(running.url, roles, running.operatorKey?.key, running.simulator?.url, running.paymentsSimulator?.url));
-  return new Promise<number>((resolve) => {
+  const stopped = new Promise<number>((resolve) => {
     let shuttingDown = false;
     const shutdown = (reason: string, code: number) => {
       if (shuttingDown) {
@@ -119,6 +133,9 @@ async function serve(config: Config, log: Logger, roles: Roles): Promise<number>
       shutdown('component failure', 1);
     });
   });
+  // Only now, with the handlers in place, say so (see untilSignal).
+  process.stdout.write(banner(running.url, roles, running.operatorKey?.key, running.simulator?.url, running.paymentsSimulator?.url));
+  return stopped;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -189,24 +206,18 @@ export async function main(argv: string[]): Promise<number> {
     case 'simulator': {
       const { startSimulatorProcess } = await import('../main.ts');
       const sim = await startSimulatorProcess(config, log, process.env.SIMULATOR_FAULTS);
+      const stopped = untilSignal(() => sim.stop());
       process.stdout.write(
         `Carrier simulator listening on ${sim.url}\n  account: ${sim.accounts[0]?.sid}\n  log:     ${sim.url}/_sim/log\n  faults:  ${sim.url}/_sim/faults\nPress Ctrl-C to stop.\n`,
       );
-      return new Promise<number>((resolve) => {
-        const stop = () => void sim.stop().then(() => resolve(0));
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
-      });
+      return stopped;
     }
     case 'payments-simulator': {
       const { startPaymentsSimulatorProcess } = await import('../main.ts');
       const sim = await startPaymentsSimulatorProcess(config);
+      const stopped = untilSignal(() => sim.stop());
       process.stdout.write(`Payments simulator listening on ${sim.url}\n  events: ${sim.url}/_sim/events\nPress Ctrl-C to stop.\n`);
-      return new Promise<number>((resolve) => {
-        const stop = () => void sim.stop().then(() => resolve(0));
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
-      });
+      return stopped;
     }
     case 'ledger': {
       if (rest[0] !== 'verify') {
