@@ -55,6 +55,14 @@ export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId:
       ...(await messaging.insertMessages(trx, planned, 'planned')),
       ...(await messaging.insertMessages(trx, skipped, 'skipped')),
     ];
+    // A throttle spreads the batch over the next second: the next step's
+    // wake-up dispatches what has come due by then, but nothing follows the
+    // last step (or one before a pause), so the batch's own end wakes the
+    // dispatcher too; otherwise its tail would wait for the minute's sweep.
+    if (perSecond !== null && planned.length > 0) {
+      const lastDue = Math.max(...planned.map((m) => m.send_at.getTime()));
+      await messaging.scheduleDispatch(trx, c.organization_id, { runAt: new Date(lastDue + 50) });
+    }
     const last = recipients.at(-1)!.seq;
     await sql`update campaigns set cursor = ${last}, updated_at = now() where id = ${c.id}`.execute(trx);
     const done = last >= c.audience_size;
