@@ -13,6 +13,7 @@ export {
   resumeCampaign,
   resumeCampaignsForCredits,
   resumeCampaignsForSubscription,
+  resumeCampaignsForWorkspace,
   startCampaign,
   startScheduled,
   sweepCampaigns,

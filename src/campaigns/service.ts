@@ -144,8 +144,21 @@ export async function resumeCampaignsForSubscription(trx: Tx, organizationId: st
   return resumePausedFor(trx, organizationId, 'subscription_inactive', actor, 'subscription_active', false);
 }
 
-async function resumePausedFor(trx: Tx, org: string, pauseReason: string, actor: string, why: string, autoResumeOnly: boolean): Promise<string[]> {
-  const { rows } = await sql<{ id: string }>`select id from campaigns where organization_id = ${org}
+/** The workspace's SMS is on again: campaigns its switch paused reopen (whatever their auto_resume). */
+export async function resumeCampaignsForWorkspace(trx: Tx, workspaceId: string, actor: string): Promise<string[]> {
+  return resumePausedFor(trx, { workspaceId }, 'workspace_disabled', actor, 'workspace_enabled', false);
+}
+
+async function resumePausedFor(
+  trx: Tx,
+  owner: string | { workspaceId: string },
+  pauseReason: string,
+  actor: string,
+  why: string,
+  autoResumeOnly: boolean,
+): Promise<string[]> {
+  const whose = typeof owner === 'string' ? sql`organization_id = ${owner}` : sql`workspace_id = ${owner.workspaceId}`;
+  const { rows } = await sql<{ id: string }>`select id from campaigns where ${whose}
     and status = 'paused' and pause_reason = ${pauseReason} ${autoResumeOnly ? sql`and auto_resume` : sql``} order by id`.execute(trx);
   const out: string[] = [];
   for (const r of rows) if (await resumeInTx(trx, r.id, actor, why)) out.push(r.id);

@@ -28,5 +28,6 @@ export {
   readableOrganization,
   recordAudit,
   revokeApiKey,
+  setWorkspaceSms,
   type Workspace,
 } from './tenancy.ts';

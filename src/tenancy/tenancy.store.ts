@@ -59,6 +59,11 @@ export async function findWorkspace(
   return q.executeTakeFirst();
 }
 
+/** Set a workspace's SMS switch; the row when it changed, undefined when it already was so. */
+export async function setWorkspaceSmsEnabled(db: DbOrTx, id: string, enabled: boolean): Promise<WorkspaceRow | undefined> {
+  return db.updateTable('workspaces').set({ sms_enabled: enabled }).where('id', '=', id).where('sms_enabled', '<>', enabled).returningAll().executeTakeFirst();
+}
+
 export async function listWorkspaces(
   db: DbOrTx,
   organizationId: string,

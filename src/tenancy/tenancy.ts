@@ -293,6 +293,35 @@ export async function getWorkspace(db: DbOrTx, actor: Actor, id: string): Promis
   return workspaceRowToWorkspace(row);
 }
 
+/**
+ * Turn a workspace's SMS on or off (organization admin or operator;
+ * audited), in the caller's transaction. Off: from the commit on no claim of
+ * the workspace's messages succeeds (the claim's UPDATE reads the switch),
+ * dispatch blocks them with `workspace_disabled`, and their campaigns pause
+ * with that reason. `changed` is false when the switch already was so.
+ */
+export async function setWorkspaceSms(
+  trx: DbOrTx,
+  actor: Actor,
+  id: string,
+  input: { enabled: boolean; reason: string | null },
+): Promise<{ workspace: Workspace; changed: boolean }> {
+  const found = await store.findWorkspace(trx, undefined, id);
+  if (found === undefined || !canSeeWorkspace(actor.principal, found.organization_id, found.id)) throw notFound('Workspace');
+  requireOrgAdmin(actor.principal, found.organization_id);
+  const updated = await store.setWorkspaceSmsEnabled(trx, id, input.enabled);
+  if (updated !== undefined) {
+    await recordAudit(trx, actor, {
+      action: input.enabled ? 'workspace.sms_enable' : 'workspace.sms_disable',
+      organizationId: found.organization_id,
+      targetType: 'workspace',
+      targetId: id,
+      reason: input.reason,
+    });
+  }
+  return { workspace: workspaceRowToWorkspace(updated ?? found), changed: updated !== undefined };
+}
+
 export async function createApiKey(
   db: Db,
   actor: Actor,

@@ -1,5 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
+import * as campaigns from '../../campaigns/index.ts';
+import * as messaging from '../../messaging/index.ts';
 import { pageRequest } from '../../shared/pagination.ts';
 import * as tenancy from '../../tenancy/index.ts';
 import type { AppDeps } from '../app.ts';
@@ -160,6 +162,40 @@ export function tenancyRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         },
       },
       async (request) => tenancy.getWorkspace(db, actorOf(request), request.params.id),
+    );
+
+    app.patch(
+      '/v1/workspaces/:id',
+      {
+        schema: {
+          tags: ['tenancy'],
+          summary:
+            "Turn the workspace's SMS off or on (organization admin; audited). Off: no send of the workspace is claimed from the commit on, its waiting messages are blocked with `workspace_disabled` and its campaigns pause with that reason; on: those campaigns resume and the blocked messages are dispatched again",
+          params: Type.Object({ id: Type.String({ maxLength: 64 }) }),
+          body: Type.Object(
+            {
+              sms_enabled: Type.Boolean(),
+              reason: Type.Optional(Type.String({ minLength: 1, maxLength: 500, description: 'Kept in the audit log' })),
+            },
+            { additionalProperties: false },
+          ),
+          response: { 200: Workspace },
+        },
+      },
+      async (request) => {
+        const actor = actorOf(request);
+        return db.transaction().execute(async (trx) => {
+          const { workspace, changed } = await tenancy.setWorkspaceSms(trx, actor, request.params.id, {
+            enabled: request.body.sms_enabled,
+            reason: request.body.reason ?? null,
+          });
+          if (changed && workspace.sms_enabled) {
+            await campaigns.resumeCampaignsForWorkspace(trx, workspace.id, actor.principal.keyId);
+            await messaging.scheduleDispatch(trx, workspace.organization_id, { includeBlocked: true });
+          }
+          return workspace;
+        });
+      },
     );
 
     app.post(
