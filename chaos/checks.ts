@@ -209,7 +209,7 @@ export async function checkLost(stack: ChaosStack, ev: Evidence, world: World, r
   };
 }
 
-/** 5. No claim began after a STOP, a pause, a freeze or a subscription's end had committed (and before it reopened). */
+/** 5. No claim began after a STOP, a pause, a freeze, a subscription's end or a workspace's SMS switched off had committed (and before it reopened). */
 export async function checkGates(stack: ChaosStack, ev: Evidence, records: Records): Promise<CheckReport> {
   const { rows } = await sql<{ message_id: string; at_ms: number }>`select message_id, (extract(epoch from at) * 1000)::float8 as at_ms
     from message_events where event = 'claim'`.execute(stack.db);
@@ -229,7 +229,8 @@ export async function checkGates(stack: ChaosStack, ev: Evidence, records: Recor
       const covered =
         (w.gate === 'stop' && m.workspace_id === w.workspaceId && m.to_number === w.phone && m.producer !== 'system') ||
         (w.gate === 'pause' && m.campaign_id === w.campaignId) ||
-        ((w.gate === 'freeze' || w.gate === 'subscription') && m.organization_id === w.organizationId);
+        ((w.gate === 'freeze' || w.gate === 'subscription') && m.organization_id === w.organizationId) ||
+        (w.gate === 'workspace' && m.workspace_id === w.workspaceId);
       if (!covered) continue;
       violations++;
       byGate.get(w.gate)!.violations++;

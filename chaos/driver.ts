@@ -11,8 +11,8 @@ import type { ChaosStack } from './stack.ts';
 
 /** A stretch of time during which a gate was closed: no claim of what it covers may start inside it. */
 export interface GateWindow {
-  gate: 'stop' | 'pause' | 'freeze' | 'subscription';
-  /** What it covers: a campaign, an organization, or a workspace and phone. */
+  gate: 'stop' | 'pause' | 'freeze' | 'subscription' | 'workspace';
+  /** What it covers: a campaign, an organization, a workspace, or a workspace and phone. */
   campaignId?: string;
   organizationId?: string;
   workspaceId?: string;
@@ -294,6 +294,20 @@ export async function perform(stack: ChaosStack, scenario: Scenario, world: Worl
       const org = orgOf(action.org);
       closeWindow(records, (w) => w.gate === 'freeze' && w.organizationId === org.id);
       await call(`${api}/v1/organizations/${org.id}/unfreeze`, { key: stack.opKey, body: { reason: 'chaos: operator unfreeze' } });
+      return;
+    }
+    case 'workspace_disable': {
+      const ws = world.workspaces.get(action.workspace)!;
+      const org = orgOf(ws.org);
+      await call(`${api}/v1/workspaces/${ws.id}`, { method: 'PATCH', key: org.key, body: { sms_enabled: false, reason: 'chaos: workspace off' } });
+      records.windows.push({ gate: 'workspace', workspaceId: ws.id, from: Date.now(), to: Infinity });
+      return;
+    }
+    case 'workspace_enable': {
+      const ws = world.workspaces.get(action.workspace)!;
+      const org = orgOf(ws.org);
+      closeWindow(records, (w) => w.gate === 'workspace' && w.workspaceId === ws.id);
+      await call(`${api}/v1/workspaces/${ws.id}`, { method: 'PATCH', key: org.key, body: { sms_enabled: true, reason: 'chaos: workspace on' } });
       return;
     }
     case 'storm': {

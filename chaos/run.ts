@@ -151,6 +151,9 @@ function laneOf(a: Action): string {
     case 'operator_freeze':
     case 'operator_unfreeze':
       return 'operator_freeze';
+    case 'workspace_disable':
+    case 'workspace_enable':
+      return 'workspace_sms';
     default:
       return a.kind;
   }

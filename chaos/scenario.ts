@@ -90,6 +90,8 @@ export type Action =
   | { atMs: number; kind: 'dispute_close'; org: OrgKey }
   | { atMs: number; kind: 'operator_freeze'; org: OrgKey }
   | { atMs: number; kind: 'operator_unfreeze'; org: OrgKey }
+  | { atMs: number; kind: 'workspace_disable'; workspace: string }
+  | { atMs: number; kind: 'workspace_enable'; workspace: string }
   | { atMs: number; kind: 'storm'; campaign: string; toggles: number }
   | { atMs: number; kind: 'stop'; campaign: string; seqs: number[] }
   | { atMs: number; kind: 'api_send'; index: number; copies: number; concurrent: boolean };
@@ -179,6 +181,10 @@ export function planScenario(seed: number, scale: Scale): Scenario {
   const freezeAt = at(0.5, 0.7);
   actions.push({ atMs: freezeAt, kind: 'operator_freeze', org: 'acme' });
   actions.push({ atMs: freezeAt + between(3_000, 8_000), kind: 'operator_unfreeze', org: 'acme' });
+  // an organization admin turns one workspace's SMS off for a while (its campaign pauses, then resumes)
+  const disableAt = at(0.2, 0.6);
+  actions.push({ atMs: disableAt, kind: 'workspace_disable', workspace: 'cobalt-store' });
+  actions.push({ atMs: disableAt + between(3_000, 8_000), kind: 'workspace_enable', workspace: 'cobalt-store' });
   for (const key of ['acme-spring', 'cobalt-promo', 'acme-outlet']) {
     const storms = between(1, 2);
     for (let i = 0; i < storms; i++) actions.push({ atMs: at(0.05, 0.85), kind: 'storm', campaign: key, toggles: 2 * between(3, 6) });
