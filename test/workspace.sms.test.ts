@@ -6,7 +6,7 @@ import { eventually, grantCredits, type Pipeline, startPipeline } from './helper
 
 /**
  * The workspace's SMS switch (a gate of issue 4, a pause reason of issue 6):
- * off stops every claim from its commit on and pauses the workspace's
+ * off stops every claim that starts after its commit and pauses the workspace's
  * campaigns with `workspace_disabled`; on resumes them, and nothing is sent
  * twice or lost.
  */

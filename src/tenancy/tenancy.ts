@@ -295,8 +295,9 @@ export async function getWorkspace(db: DbOrTx, actor: Actor, id: string): Promis
 
 /**
  * Turn a workspace's SMS on or off (organization admin or operator;
- * audited), in the caller's transaction. Off: from the commit on no claim of
- * the workspace's messages succeeds (the claim's UPDATE reads the switch),
+ * audited), in the caller's transaction. Off: no claim of the workspace's
+ * messages that starts after the commit succeeds (the claim's UPDATE reads
+ * the switch; as with a freeze, a claim already running may still commit),
  * dispatch blocks them with `workspace_disabled`, and their campaigns pause
  * with that reason. `changed` is false when the switch already was so.
  */

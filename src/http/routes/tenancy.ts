@@ -170,7 +170,7 @@ export function tenancyRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         schema: {
           tags: ['tenancy'],
           summary:
-            "Turn the workspace's SMS off or on (organization admin; audited). Off: no send of the workspace is claimed from the commit on, its waiting messages are blocked with `workspace_disabled` and its campaigns pause with that reason; on: those campaigns resume and the blocked messages are dispatched again",
+            "Turn the workspace's SMS off or on (organization admin; audited). Off: no claim of the workspace's sends that starts after the commit succeeds, its waiting messages are blocked with `workspace_disabled` and its campaigns pause with that reason; on: those campaigns resume and the blocked messages are dispatched again",
           params: Type.Object({ id: Type.String({ maxLength: 64 }) }),
           body: Type.Object(
             {
