@@ -136,12 +136,12 @@ async function resumeInTx(trx: Tx, id: string, actor: string, reason?: string): 
  * caller wakes dispatch for the blocked messages in the same transaction.
  */
 export async function resumeCampaignsForCredits(trx: Tx, organizationId: string, actor: string): Promise<string[]> {
-  return resumePausedFor(trx, organizationId, 'insufficient_credits', actor, 'credits_added', true);
+  return resumePausedFor(trx, { organizationId }, 'insufficient_credits', actor, 'credits_added', true);
 }
 
 /** The subscription is good again: campaigns it paused reopen (whatever their auto_resume). */
 export async function resumeCampaignsForSubscription(trx: Tx, organizationId: string, actor: string): Promise<string[]> {
-  return resumePausedFor(trx, organizationId, 'subscription_inactive', actor, 'subscription_active', false);
+  return resumePausedFor(trx, { organizationId }, 'subscription_inactive', actor, 'subscription_active', false);
 }
 
 /** The workspace's SMS is on again: campaigns its switch paused reopen (whatever their auto_resume). */
@@ -151,13 +151,13 @@ export async function resumeCampaignsForWorkspace(trx: Tx, workspaceId: string, 
 
 async function resumePausedFor(
   trx: Tx,
-  owner: string | { workspaceId: string },
+  owner: { organizationId: string } | { workspaceId: string },
   pauseReason: string,
   actor: string,
   why: string,
   autoResumeOnly: boolean,
 ): Promise<string[]> {
-  const whose = typeof owner === 'string' ? sql`organization_id = ${owner}` : sql`workspace_id = ${owner.workspaceId}`;
+  const whose = 'workspaceId' in owner ? sql`workspace_id = ${owner.workspaceId}` : sql`organization_id = ${owner.organizationId}`;
   const { rows } = await sql<{ id: string }>`select id from campaigns where ${whose}
     and status = 'paused' and pause_reason = ${pauseReason} ${autoResumeOnly ? sql`and auto_resume` : sql``} order by id`.execute(trx);
   const out: string[] = [];
