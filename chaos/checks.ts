@@ -163,6 +163,27 @@ function runVerify(stack: ChaosStack): Promise<{ mismatches: number; line: strin
 }
 
 /** A message's life in a few lines: its events and what the carrier logged, for the report's examples. */
+/** Gates still closed at the end, named (what blocked messages may be waiting for). */
+async function closedGates(stack: ChaosStack): Promise<string[]> {
+  const { rows } = await sql<{ what: string }>`
+    select 'organization ' || name || ' frozen by ' || coalesce(frozen_by, '?') as what from organizations where frozen_at is not null
+    union all select 'workspace ' || name || ' SMS off' from workspaces where not sms_enabled
+    union all select 'organization ' || o.name || ' subscription not ok' from organizations o where not credence_subscription_ok(o.id)
+    union all select 'dispute ' || d.id || ' of ' || o.name || ': ' || d.status from disputes d join organizations o on o.id = d.organization_id`.execute(stack.db);
+  return [`gates closed at the end: ${rows.map((r) => r.what).join('; ') || 'none'}`];
+}
+
+/** Messages not in a terminal status, by status and reason (what a stuck run is waiting for). */
+function notTerminalLines(ev: Evidence): string[] {
+  const counts = new Map<string, number>();
+  for (const m of ev.messages.values()) {
+    if (TERMINAL.has(m.status)) continue;
+    const k = `${m.status}${m.status_reason ? ` (${m.status_reason})` : ''}`;
+    counts.set(k, (counts.get(k) ?? 0) + 1);
+  }
+  return counts.size === 0 ? [] : [`not terminal by status and reason: ${[...counts].map(([k, n]) => `${k}=${n}`).join(', ')}`];
+}
+
 async function timeline(stack: ChaosStack, ev: Evidence, id: string): Promise<string[]> {
   const { rows } = await sql<{ event: string; from_status: string | null; to_status: string; reason: string | null; at: Date; details: unknown }>`
     select event, from_status, to_status, reason, at, details from message_events where message_id = ${id} order by seq`.execute(stack.db);
@@ -204,6 +225,9 @@ export async function checkLost(stack: ChaosStack, ev: Evidence, world: World, r
       `messages by status: ${[...byStatus].sort().map(([s, n]) => `${s}=${n}`).join(' ')}`,
       `still \`sent\` although the carrier posted a final status: ${stuckSent.length}`,
       ...(await Promise.all(stuckSent.slice(0, 2).map((m) => timeline(stack, ev, m.id)))).flat(),
+      ...notTerminalLines(ev),
+      ...(open === 0 ? [] : await closedGates(stack)),
+      ...(await Promise.all([...ev.messages.values()].filter((m) => !TERMINAL.has(m.status)).slice(0, 1).map((m) => timeline(stack, ev, m.id)))).flat(),
       `not terminal: ${open}; terminal without a reason or carrier id: ${noReason}; campaigns not completed: ${unfinished.map((c) => `${names.get(c.id)} (${c.status}${c.pause_reason ? `: ${c.pause_reason}` : ''})`).join(', ') || 'none'}`,
     ],
   };

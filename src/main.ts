@@ -184,11 +184,20 @@ export async function openPayments(
   }
   const secrets = await paymentsSimulatorSecrets(config.home);
   const simulator = runSimulator
-    ? await startPaymentsSimulator({ port: config.paymentsSimulatorPort, ...secrets, webhookUrl: `${config.publicUrl}/webhooks/stripe` })
+    ? await startPaymentsSimulator({ port: config.paymentsSimulatorPort, ...secrets, webhookUrl: `${config.publicUrl}/webhooks/stripe`, retry: STRIPE_LIKE_RETRY })
     : undefined;
   const payments = createStripePayments({ ...secrets, apiUrl: simulator?.url ?? `http://127.0.0.1:${config.paymentsSimulatorPort}` });
   return { billing: { ...common, payments }, simulator };
 }
+
+/**
+ * Stripe retries a webhook for days, and Credence has no other way to learn
+ * of a payment event, so the simulator's deliveries must outlast an API or
+ * PostgreSQL restart: twelve tries over about seventeen minutes. (Its
+ * three quick tries lost a dispute's `closed` event sent during a chaos
+ * run's PostgreSQL restart, and the organization stayed frozen.)
+ */
+const STRIPE_LIKE_RETRY = { attempts: 12, backoffMs: 500 };
 
 /** `credence payments-simulator`: the payments simulator on its own, with the shared secrets. */
 export async function startPaymentsSimulatorProcess(config: Config): Promise<PaymentsSimulator> {
@@ -198,8 +207,10 @@ export async function startPaymentsSimulatorProcess(config: Config): Promise<Pay
     ...secrets,
     webhookUrl: `${config.publicUrl}/webhooks/stripe`,
     ...(config.simulatorSeed !== undefined && { seed: config.simulatorSeed }),
+    retry: STRIPE_LIKE_RETRY,
   });
 }
+
 
 export interface RunningCredence {
   url: string | undefined;
