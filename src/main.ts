@@ -218,7 +218,7 @@ export interface RunningCredence {
   database: Database;
   simulator: CarrierSimulator | undefined;
   paymentsSimulator: PaymentsSimulator | undefined;
-  /** Resolves if a part fails on its own (the worker runner dies). */
+  /** Resolves if a part fails on its own (the job worker's supervision; a job runner that ends is started again). */
   failed: Promise<Error>;
   stop(): Promise<void>;
 }

@@ -1,5 +1,8 @@
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPool, waitForDatabase } from '../src/db/db.ts';
+import { createPool, isServerAway, waitForDatabase } from '../src/db/db.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/db.ts';
 import { freePort } from './helpers/ports.ts';
 
@@ -35,6 +38,30 @@ describe('waiting for the database at start-up', () => {
     } finally {
       await pool.end();
     }
+  });
+
+  it('retries a Unix socket that is not there (the server is down) until the deadline', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'credence-nosocket-'));
+    const pool = createPool(`postgres://x:y@localhost:${await freePort()}/none?host=${encodeURIComponent(dir)}`, 2);
+    try {
+      const started = Date.now();
+      await expect(waitForDatabase(pool, 800)).rejects.toMatchObject({ code: 'ENOENT' });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(750);
+    } finally {
+      await pool.end();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('tells a server that is away from a refusal or a missing file', () => {
+    const coded = (message: string, code: string) => Object.assign(new Error(message), { code });
+    expect(isServerAway(coded('connect ENOENT /tmp/h/socket/.s.PGSQL.5432', 'ENOENT'))).toBe(true);
+    expect(isServerAway(coded('connect ECONNREFUSED 127.0.0.1:5432', 'ECONNREFUSED'))).toBe(true);
+    expect(isServerAway(coded('the database system is starting up', '57P03'))).toBe(true);
+    expect(isServerAway(coded("ENOENT: no such file or directory, open '/tmp/import.csv'", 'ENOENT'))).toBe(false);
+    expect(isServerAway(coded('password authentication failed for user "x"', '28P01'))).toBe(false);
+    expect(isServerAway(coded('database "none" does not exist', '3D000'))).toBe(false);
+    expect(isServerAway(new Error('Connection terminated unexpectedly'))).toBe(false);
   });
 
   it('fails at once on an error that waiting cannot mend (a wrong password)', async () => {

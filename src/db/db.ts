@@ -46,6 +46,39 @@ export function createDb(pool: pg.Pool, options: { prepare?: boolean } = {}): Db
 /** Errors that mean "the server is not there yet" (restarting, starting up), not "you may not". */
 const TRANSIENT_CONNECT = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', '57P01', '57P02', '57P03']);
 
+const codeOf = (err: unknown): string | undefined => {
+  const code = err instanceof Error ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' ? code : undefined;
+};
+
+/**
+ * The server is not there (yet): stopped, starting up, shutting down, or
+ * nothing listening on its port or at its Unix socket. Waiting may mend it;
+ * a wrong password or a missing database is not this.
+ */
+export function isServerAway(err: unknown): boolean {
+  const code = codeOf(err);
+  if (code === undefined) return false;
+  // A Unix socket that is gone while the server is down (any other missing file is not this).
+  if (code === 'ENOENT') return /\.s\.PGSQL\.\d+/.test((err as Error).message);
+  return TRANSIENT_CONNECT.has(code);
+}
+
+/** Connection exceptions (class 08) and network errors besides those of `isServerAway`. */
+const CONNECTION_LOST = new Set(['08000', '08001', '08003', '08006', 'ETIMEDOUT', 'EHOSTUNREACH']);
+
+/**
+ * An error that says the database connection is gone or cannot be made
+ * (PostgreSQL stopping, restarting or unreachable, or a session cut off
+ * mid-statement), as opposed to a fault in the code or a refusal.
+ */
+export function isConnectionLoss(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  if (isServerAway(err) || CONNECTION_LOST.has(codeOf(err) ?? '')) return true;
+  // pg's own errors for a session whose socket closed carry no code
+  return /Connection terminated|connection error and is not queryable|Client was closed/i.test(err.message);
+}
+
 /**
  * Wait until PostgreSQL answers, for a process started while its database
  * restarts: up to `timeoutMs`, retrying only errors that mean the server is
@@ -59,8 +92,7 @@ export async function waitForDatabase(pool: pg.Pool, timeoutMs: number, onWait?:
       await pool.query('select 1');
       return;
     } catch (err) {
-      const code = (err as { code?: string }).code ?? '';
-      if (!TRANSIENT_CONNECT.has(code) || Date.now() >= deadline) throw err;
+      if (!isServerAway(err) || Date.now() >= deadline) throw err;
       if (!told) onWait?.((err as Error).message);
       told = true;
       await new Promise((r) => setTimeout(r, 250));

@@ -1,0 +1,121 @@
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createPool, isConnectionLoss } from '../src/db/db.ts';
+import { type EmbeddedPostgres, startEmbeddedPostgres } from '../src/db/embedded.ts';
+import { restartDelayMs } from '../src/jobs/worker.ts';
+import { createLogger } from '../src/shared/logger.ts';
+import { eventually } from './helpers/pipeline.ts';
+import { freePort } from './helpers/ports.ts';
+import { killAllSpawned, type Spawned, spawnCredence } from './helpers/process.ts';
+
+describe('restarting the job runner', () => {
+  it('waits 1 s, doubling, at most 30 s', () => {
+    expect([1, 2, 3, 4, 5, 6, 7, 20].map(restartDelayMs)).toEqual([1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
+  });
+
+  it('tells a lost database connection from a fault in the code', () => {
+    const coded = (message: string, code: string) => Object.assign(new Error(message), { code });
+    expect(isConnectionLoss(new Error('Connection terminated unexpectedly'))).toBe(true);
+    expect(isConnectionLoss(new Error('Client has encountered a connection error and is not queryable'))).toBe(true);
+    expect(isConnectionLoss(coded('terminating connection due to administrator command', '57P01'))).toBe(true);
+    expect(isConnectionLoss(coded('the database system is shutting down', '57P03'))).toBe(true);
+    expect(isConnectionLoss(coded('connect ENOENT /tmp/x/.s.PGSQL.5432', 'ENOENT'))).toBe(true);
+    expect(isConnectionLoss(coded('connect ECONNREFUSED 127.0.0.1:5432', 'ECONNREFUSED'))).toBe(true);
+    expect(isConnectionLoss(coded("ENOENT: no such file or directory, open '/tmp/import.csv'", 'ENOENT'))).toBe(false);
+    expect(isConnectionLoss(coded('duplicate key value violates unique constraint', '23505'))).toBe(false);
+    expect(isConnectionLoss(new TypeError("Cannot read properties of undefined (reading 'id')"))).toBe(false);
+    expect(isConnectionLoss('Connection terminated unexpectedly')).toBe(false);
+  });
+});
+
+/**
+ * A `credence worker` process busy with jobs while its PostgreSQL is
+ * stopped (sessions aborted) and started again: graphile-worker loses the
+ * statements that record finished jobs, and before the runner was
+ * supervised the process died of the unhandled rejection (or its runner
+ * ended). It must stay up, start its runner again, free the jobs the dead
+ * runner held, and finish every job.
+ */
+describe('workers whose database restarts', () => {
+  let home: string;
+  let server: EmbeddedPostgres;
+  let pool: pg.Pool;
+  let pgDir: string;
+  let port: number;
+  const quiet = createLogger('error');
+
+  beforeAll(async () => {
+    home = await fs.mkdtemp(path.join(os.tmpdir(), 'credence-restart-'));
+    await fs.chmod(home, 0o755); // the server runs as another user when the tests run as root
+    pgDir = path.join(home, 'pg');
+    port = await freePort();
+    server = await startEmbeddedPostgres({ dir: pgDir, port, log: quiet });
+  }, 120_000);
+  afterAll(async () => {
+    await killAllSpawned();
+    await pool?.end().catch(() => {});
+    await server?.stop('fast');
+    await fs.rm(home, { recursive: true, force: true });
+  });
+
+  it('one busy stays up and starts its job runner again, one started meanwhile waits; every job done, none left locked', async () => {
+    const env = {
+      CREDENCE_HOME: home,
+      DATABASE_URL: server.url,
+      LOG_LEVEL: 'info',
+      MAINTENANCE_INTERVAL_MS: '1000',
+      TWILIO_ACCOUNT_SID: `AC${'0'.repeat(32)}`,
+      TWILIO_AUTH_TOKEN: 'x'.repeat(32),
+      TWILIO_API_URL: 'http://127.0.0.1:9',
+      PUBLIC_URL: 'http://127.0.0.1:8',
+    };
+    const worker: Spawned = spawnCredence(['worker'], env);
+    await worker.waitFor(/Credence is running/);
+    pool = createPool(server.url, 2);
+    // Real tasks, short and many, so that jobs are in flight whatever the moment of the stop.
+    await pool.query(`select graphile_worker.add_job('sweep', '{}'::json) from generate_series(1, 6000)`);
+    await eventually(async () => {
+      const { rows } = await pool.query<{ n: number }>('select count(*)::int as n from graphile_worker._private_jobs');
+      return rows[0]!.n < 5_500 ? true : undefined;
+    }, 30_000, 'the worker busy with the jobs');
+    await pool.end();
+
+    await server.stop('fast');
+    // A second worker started while the server is down (its Unix socket is gone) waits for it.
+    const late = spawnCredence(['worker'], env);
+    await late.waitFor(/waiting for PostgreSQL/, 30_000);
+    await new Promise((r) => setTimeout(r, 2_500));
+    server = await startEmbeddedPostgres({ dir: pgDir, port, log: quiet });
+    await late.waitFor(/Credence is running/, 60_000);
+    pool = createPool(server.url, 2);
+
+    const left = await eventually(
+      async () => {
+        const { rows } = await pool.query<{ n: number; locked: number }>(
+          'select count(*)::int as n, (count(*) filter (where locked_by is not null))::int as locked from graphile_worker._private_jobs',
+        );
+        return rows[0]!.n === 0 ? rows[0] : undefined;
+      },
+      90_000,
+      'every job done',
+    );
+    expect(left).toEqual({ n: 0, locked: 0 });
+    expect(worker.child.exitCode).toBeNull();
+    expect(worker.child.signalCode).toBeNull();
+    // One more job after the restart, to see the runner take new work (not only its backlog).
+    await pool.query(`select graphile_worker.add_job('sweep', '{}'::json, job_key := 'after-restart')`);
+    await eventually(async () => {
+      const { rows } = await pool.query<{ n: number }>('select count(*)::int as n from graphile_worker._private_jobs');
+      return rows[0]!.n === 0 ? true : undefined;
+    }, 30_000, 'a job added after the restart');
+
+    expect(late.child.exitCode).toBeNull();
+    worker.child.kill('SIGTERM');
+    late.child.kill('SIGTERM');
+    expect((await worker.exited).code).toBe(0);
+    expect((await late.exited).code).toBe(0);
+  }, 240_000);
+});
