@@ -8,10 +8,8 @@ import { addJob } from './enqueue.ts';
 
 export interface WorkerHandle {
   stop(): Promise<void>;
-  /** Resolves when the worker has been stopped (its runner is restarted if it ends on its own). */
+  /** Resolves when the worker has been stopped (its runner is started again if it ends on its own). */
   done: Promise<void>;
-  /** How many times the job runner ended on its own and was started again. */
-  restarts(): number;
 }
 
 /** graphile-worker's log lines go through our JSON logger with the job's scope. */
@@ -65,9 +63,9 @@ const HEALTHY_RUN_MS = 60_000;
  *
  * The jobs a dead runner held stay locked by its pool id (graphile-worker
  * frees such locks only after four hours): they are unlocked as soon as a
- * new runner is up. Running one of them again is safe, as every task is
- * (a send job's claim is one conditional UPDATE: a message already claimed
- * is not claimed again).
+ * new runner is up. Running one of them again is safe: graphile-worker runs
+ * a job at least once, and every task is written for that (a send job's
+ * claim is one conditional UPDATE: a message is never claimed twice).
  */
 export async function startWorker(options: {
   pool: pg.Pool;
@@ -104,7 +102,6 @@ export async function startWorker(options: {
 
   let current = await startRunner();
   let stopping = false;
-  let restarts = 0;
   let wake: (() => void) | undefined;
   const pause = (ms: number) =>
     new Promise<void>((resolve) => {
@@ -131,14 +128,19 @@ export async function startWorker(options: {
         await pause(restartDelayMs(failures));
         if (stopping) return;
         try {
-          current = await startRunner();
+          const next = await startRunner();
+          if (stopping) {
+            // stop() came while this runner was starting: it has nothing else to stop
+            await next.runner.stop().catch(() => {});
+            return;
+          }
+          current = next;
           break;
         } catch (err) {
           failures++;
           log.warn({ err, restartInMs: restartDelayMs(failures) }, 'the job runner could not start; trying again');
         }
       }
-      restarts++;
       if (dead.length > 0) {
         await sql`select graphile_worker.force_unlock_workers(${dead}::text[])`
           .execute(db)
@@ -187,6 +189,5 @@ export async function startWorker(options: {
       await done;
     },
     done,
-    restarts: () => restarts,
   };
 }
