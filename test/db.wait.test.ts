@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPool, isServerAway, waitForDatabase } from '../src/db/db.ts';
+import { createPool, isConnectionLoss, isServerAway, waitForDatabase } from '../src/db/db.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/db.ts';
 import { freePort } from './helpers/ports.ts';
 
@@ -53,8 +53,9 @@ describe('waiting for the database at start-up', () => {
     }
   });
 
+  const coded = (message: string, code: string) => Object.assign(new Error(message), { code });
+
   it('tells a server that is away from a refusal or a missing file', () => {
-    const coded = (message: string, code: string) => Object.assign(new Error(message), { code });
     expect(isServerAway(coded('connect ENOENT /tmp/h/socket/.s.PGSQL.5432', 'ENOENT'))).toBe(true);
     expect(isServerAway(coded('connect ECONNREFUSED 127.0.0.1:5432', 'ECONNREFUSED'))).toBe(true);
     expect(isServerAway(coded('the database system is starting up', '57P03'))).toBe(true);
@@ -64,6 +65,18 @@ describe('waiting for the database at start-up', () => {
     expect(isServerAway(new Error('Connection terminated unexpectedly'))).toBe(false);
   });
 
+  it('tells a lost database connection from a fault in the code (the job worker restarts its runner on the first, not the second)', () => {
+    expect(isConnectionLoss(new Error('Connection terminated unexpectedly'))).toBe(true);
+    expect(isConnectionLoss(new Error('Client has encountered a connection error and is not queryable'))).toBe(true);
+    expect(isConnectionLoss(coded('terminating connection due to administrator command', '57P01'))).toBe(true);
+    expect(isConnectionLoss(coded('the database system is shutting down', '57P03'))).toBe(true);
+    expect(isConnectionLoss(coded('connect ENOENT /tmp/x/.s.PGSQL.5432', 'ENOENT'))).toBe(true);
+    expect(isConnectionLoss(coded('connect ECONNREFUSED 127.0.0.1:5432', 'ECONNREFUSED'))).toBe(true);
+    expect(isConnectionLoss(coded("ENOENT: no such file or directory, open '/tmp/import.csv'", 'ENOENT'))).toBe(false);
+    expect(isConnectionLoss(coded('duplicate key value violates unique constraint', '23505'))).toBe(false);
+    expect(isConnectionLoss(new TypeError("Cannot read properties of undefined (reading 'id')"))).toBe(false);
+    expect(isConnectionLoss('Connection terminated unexpectedly')).toBe(false);
+  });
   it('fails at once on an error that waiting cannot mend (a wrong password)', async () => {
     const url = new URL(tdb.url);
     url.password = 'wrong';

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPool, isConnectionLoss } from '../src/db/db.ts';
+import { createPool } from '../src/db/db.ts';
 import { type EmbeddedPostgres, startEmbeddedPostgres } from '../src/db/embedded.ts';
 import { restartDelayMs } from '../src/jobs/worker.ts';
 import { createLogger } from '../src/shared/logger.ts';
@@ -14,20 +14,6 @@ import { killAllSpawned, type Spawned, spawnCredence } from './helpers/process.t
 describe('restarting the job runner', () => {
   it('waits 1 s, doubling, at most 30 s', () => {
     expect([1, 2, 3, 4, 5, 6, 7, 20].map(restartDelayMs)).toEqual([1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
-  });
-
-  it('tells a lost database connection from a fault in the code', () => {
-    const coded = (message: string, code: string) => Object.assign(new Error(message), { code });
-    expect(isConnectionLoss(new Error('Connection terminated unexpectedly'))).toBe(true);
-    expect(isConnectionLoss(new Error('Client has encountered a connection error and is not queryable'))).toBe(true);
-    expect(isConnectionLoss(coded('terminating connection due to administrator command', '57P01'))).toBe(true);
-    expect(isConnectionLoss(coded('the database system is shutting down', '57P03'))).toBe(true);
-    expect(isConnectionLoss(coded('connect ENOENT /tmp/x/.s.PGSQL.5432', 'ENOENT'))).toBe(true);
-    expect(isConnectionLoss(coded('connect ECONNREFUSED 127.0.0.1:5432', 'ECONNREFUSED'))).toBe(true);
-    expect(isConnectionLoss(coded("ENOENT: no such file or directory, open '/tmp/import.csv'", 'ENOENT'))).toBe(false);
-    expect(isConnectionLoss(coded('duplicate key value violates unique constraint', '23505'))).toBe(false);
-    expect(isConnectionLoss(new TypeError("Cannot read properties of undefined (reading 'id')"))).toBe(false);
-    expect(isConnectionLoss('Connection terminated unexpectedly')).toBe(false);
   });
 });
 
