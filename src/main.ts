@@ -218,7 +218,11 @@ export interface RunningCredence {
   database: Database;
   simulator: CarrierSimulator | undefined;
   paymentsSimulator: PaymentsSimulator | undefined;
-  /** Resolves if a part fails on its own (the job worker's supervision; a job runner that ends is started again). */
+  /**
+   * Resolves if a part fails on its own: the embedded PostgreSQL this process
+   * owns exits, or the job worker's supervision fails (a job runner that
+   * ends is started again).
+   */
   failed: Promise<Error>;
   stop(): Promise<void>;
 }
@@ -289,6 +293,9 @@ export async function startCredence(
         (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
       );
     }
+    // The embedded server this process owns is its database: if it dies, so
+    // does Credence (loudly, exit 1), rather than answer 503 and retry forever.
+    if (database.embedded !== undefined) failed = Promise.race([failed, database.embedded.died]);
 
     let stopping: Promise<void> | undefined;
     const stop = () => {

@@ -26,6 +26,11 @@ export interface EmbeddedPostgres {
   readonly pid: number;
   /** `smart` waits for sessions to end (a few seconds at most), `fast` aborts them. */
   stop(mode?: 'smart' | 'fast'): Promise<void>;
+  /**
+   * Resolves if the server this process owns exits without being asked to
+   * (killed, out of memory); never for a server it only attached to.
+   */
+  readonly died: Promise<Error>;
 }
 
 export interface EmbeddedOptions {
@@ -231,7 +236,14 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
         { pgPid: serverPid, ownerPid },
         'attached to the embedded PostgreSQL of a running Credence',
       );
-      return { url: reach(database), adminUrl: reach('postgres'), owned: false, pid: serverPid, stop: async () => {} };
+      return {
+        url: reach(database),
+        adminUrl: reach('postgres'),
+        owned: false,
+        pid: serverPid,
+        stop: async () => {},
+        died: new Promise<Error>(() => {}),
+      };
     }
     log.warn(
       { pgPid: serverPid },
@@ -317,5 +329,11 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     })();
     return stopping;
   };
-  return { url, adminUrl, owned: true, pid, stop };
+  const died = exited.then(
+    (code) =>
+      stopping === undefined
+        ? new Error(`embedded PostgreSQL (pid ${pid}) exited on its own (${child.signalCode ?? `code ${code}`})`)
+        : new Promise<Error>(() => {}),
+  );
+  return { url, adminUrl, owned: true, pid, stop, died };
 }

@@ -105,3 +105,40 @@ describe('workers whose database restarts', () => {
     expect((await late.exited).code).toBe(0);
   }, 240_000);
 });
+
+/**
+ * `credence start` and the roles without DATABASE_URL own an embedded
+ * PostgreSQL: if it dies (killed, out of memory), the process must say so
+ * and exit 1 rather than stay up answering 503 and retrying forever (its
+ * job runner now survives a lost database, so nothing else would end it).
+ */
+describe('a process whose own embedded PostgreSQL dies', () => {
+  let home: string;
+  beforeAll(async () => {
+    home = await fs.mkdtemp(path.join(os.tmpdir(), 'credence-pgdies-'));
+    await fs.chmod(home, 0o755);
+  });
+  afterAll(async () => {
+    await killAllSpawned();
+    await fs.rm(home, { recursive: true, force: true });
+  });
+
+  it('exits 1, naming it', async () => {
+    const worker = spawnCredence(['worker'], {
+      CREDENCE_HOME: home,
+      EMBEDDED_PG_PORT: String(await freePort()),
+      LOG_LEVEL: 'info',
+      TWILIO_ACCOUNT_SID: `AC${'0'.repeat(32)}`,
+      TWILIO_AUTH_TOKEN: 'x'.repeat(32),
+      TWILIO_API_URL: 'http://127.0.0.1:9',
+      PUBLIC_URL: 'http://127.0.0.1:8',
+    });
+    await worker.waitFor(/Credence is running/, 120_000);
+    const postmaster = Number((await fs.readFile(path.join(home, 'pgdata', 'postmaster.pid'), 'utf8')).split('\n')[0]);
+    expect(postmaster).toBeGreaterThan(0);
+    process.kill(postmaster, 'SIGKILL');
+    const exit = await Promise.race([worker.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 60_000))]);
+    expect(exit).toEqual({ code: 1, signal: null });
+    expect(worker.output()).toMatch(/embedded PostgreSQL \(pid \d+\) exited on its own/);
+  }, 180_000);
+});
