@@ -26,7 +26,11 @@ describe('happy path and API contract', () => {
     const detail = await p.app.inject({ method: 'GET', url: `/v1/messages/${id}`, headers: bearer(p.tenant.workspaceKey) });
     expect(detail.json().events.map((e: { event: string }) => e.event)).toEqual(['created', 'reserved', 'claim', 'accepted', 'carrier_delivered']);
     expect(p.simulator.log().filter((x) => x.to === TO && x.body === 'Your code is 1234')).toHaveLength(1);
-    const acc = await storedAccount(p.tdb.db, p.tenant.organizationId);
+    // the capture is owed from the outcome step's commit and applied by the drain moments later (captures.ts)
+    const acc = await eventually(async () => {
+      const a = await storedAccount(p.tdb.db, p.tenant.organizationId);
+      return a.reservedPurchased === 0 ? a : undefined;
+    }, 10_000, 'the capture');
     expect(acc).toMatchObject({ spent: 1, reservedPurchased: 0, purchased: 99 });
   });
 

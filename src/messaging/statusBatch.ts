@@ -36,8 +36,24 @@ export interface StatusCallbackBatcher {
   close(): Promise<void>;
 }
 
+/**
+ * One batch is written at a time (the batcher's default is two): the
+ * callbacks that arrive meanwhile make the next batch larger, and each
+ * batch's statements cost about 0.6 ms of PostgreSQL's CPU whatever their
+ * size (a `delivered` step of 13 messages: 76 µs per message; of 100:
+ * 36 µs). Measured on 2026-11-24 in two runs each of the 20,000-recipient
+ * campaign and the send benchmark: CPU per message 1,507–1,533 µs against
+ * 1,616–1,645 µs (campaign) and 1,464–1,527 µs against 1,554–1,603 µs
+ * (send); the api's CPU fell by a sixth. A callback waits at most for the
+ * batch before it.
+ */
+export const STATUS_BATCHES_IN_FLIGHT = 1;
+
 export function createStatusCallbackBatcher(deps: { db: Db; log: Logger }, options: { maxBatch?: number; maxInFlight?: number } = {}): StatusCallbackBatcher {
-  const batcher = createBatcher<StatusReport, CallbackResult>((reports) => flush(deps, reports), options);
+  const batcher = createBatcher<StatusReport, CallbackResult>((reports) => flush(deps, reports), {
+    maxInFlight: STATUS_BATCHES_IN_FLIGHT,
+    ...options,
+  });
   return {
     submit(messageId, params) {
       const report = readStatusCallback(messageId, params);
