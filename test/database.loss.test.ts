@@ -23,7 +23,8 @@ describe('restarting the job runner', () => {
  * statements that record finished jobs, and before the runner was
  * supervised the process died of the unhandled rejection (or its runner
  * ended). It must stay up, start its runner again, free the jobs the dead
- * runner held, and finish every job.
+ * runner held, and finish every job. A second worker started while the
+ * server is down (its Unix socket gone) must wait for it, not exit.
  */
 describe('workers whose database restarts', () => {
   let home: string;
