@@ -11,6 +11,15 @@ import { eventually } from './helpers/pipeline.ts';
 import { freePort } from './helpers/ports.ts';
 import { killAllSpawned, type Spawned, spawnCredence } from './helpers/process.ts';
 
+/** A worker that never reaches a carrier: these tests are about its database, not its sends. */
+const WORKER_ONLY = {
+  LOG_LEVEL: 'info',
+  TWILIO_ACCOUNT_SID: `AC${'0'.repeat(32)}`,
+  TWILIO_AUTH_TOKEN: 'x'.repeat(32),
+  TWILIO_API_URL: 'http://127.0.0.1:9',
+  PUBLIC_URL: 'http://127.0.0.1:8',
+};
+
 describe('restarting the job runner', () => {
   it('waits 1 s, doubling, at most 30 s', () => {
     expect([1, 2, 3, 4, 5, 6, 7, 20].map(restartDelayMs)).toEqual([1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
@@ -52,12 +61,8 @@ describe('workers whose database restarts', () => {
     const env = {
       CREDENCE_HOME: home,
       DATABASE_URL: server.url,
-      LOG_LEVEL: 'info',
+      ...WORKER_ONLY,
       MAINTENANCE_INTERVAL_MS: '1000',
-      TWILIO_ACCOUNT_SID: `AC${'0'.repeat(32)}`,
-      TWILIO_AUTH_TOKEN: 'x'.repeat(32),
-      TWILIO_API_URL: 'http://127.0.0.1:9',
-      PUBLIC_URL: 'http://127.0.0.1:8',
     };
     const worker: Spawned = spawnCredence(['worker'], env);
     await worker.waitFor(/Credence is running/);
@@ -128,11 +133,7 @@ describe('a process whose own embedded PostgreSQL dies', () => {
     const worker = spawnCredence(['worker'], {
       CREDENCE_HOME: home,
       EMBEDDED_PG_PORT: String(await freePort()),
-      LOG_LEVEL: 'info',
-      TWILIO_ACCOUNT_SID: `AC${'0'.repeat(32)}`,
-      TWILIO_AUTH_TOKEN: 'x'.repeat(32),
-      TWILIO_API_URL: 'http://127.0.0.1:9',
-      PUBLIC_URL: 'http://127.0.0.1:8',
+      ...WORKER_ONLY,
     });
     await worker.waitFor(/Credence is running/, 120_000);
     const postmaster = Number((await fs.readFile(path.join(home, 'pgdata', 'postmaster.pid'), 'utf8')).split('\n')[0]);
