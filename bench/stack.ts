@@ -34,7 +34,14 @@ export async function startBenchStack(home: string, databaseUrl: string, credits
   const nodeArgs = [process.env.BENCH_PROFILE_DIR && `--cpu-prof --cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`, process.env.BENCH_NODE_ARGS]
     .filter(Boolean)
     .join(' ');
-  const common = { CREDENCE_HOME: home, LOG_LEVEL: 'warn', PUBLIC_URL: apiUrl, ...(nodeArgs && { BENCH_NODE_ARGS: nodeArgs }) };
+  const common = {
+    CREDENCE_HOME: home,
+    LOG_LEVEL: 'warn',
+    PUBLIC_URL: apiUrl,
+    ...(nodeArgs && { BENCH_NODE_ARGS: nodeArgs }),
+    // to compare: DB_GENERIC_PLANS=off npm run bench:send
+    ...(process.env.DB_GENERIC_PLANS && { DB_GENERIC_PLANS: process.env.DB_GENERIC_PLANS }),
+  };
   const sim = spawnCredence(['simulator'], { ...common, SIMULATOR_PORT: String(simPort), SIMULATOR_FAULTS: '{"latencyMs":{"min":0,"max":5}}' });
   await sim.waitFor(/listening on/);
   const account = JSON.parse(await fs.readFile(path.join(home, 'simulator.json'), 'utf8')) as { sid: string; authToken: string };

@@ -20,6 +20,8 @@ export interface Config {
   dbPoolSize: number;
   /** Run frequent statements as named prepared statements (off behind a transaction-pooling proxy). */
   dbPreparedStatements: boolean;
+  /** The send path's transactions reuse one plan per statement (`plan_cache_mode = force_generic_plan`). */
+  dbGenericPlans: boolean;
   shutdownTimeoutMs: number;
   /** Real Twilio account; when absent, Credence sends through its carrier simulator. */
   twilio: { accountSid: string; authToken: string; apiUrl: string | undefined } | undefined;
@@ -139,6 +141,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     embeddedPgPort: read('EMBEDDED_PG_PORT', integer(1024, 65535), 54329),
     dbPoolSize: read('DB_POOL_SIZE', integer(2, 500), 20),
     dbPreparedStatements: read('DB_PREPARED_STATEMENTS', oneOf(['on', 'off'] as const), 'on') === 'on',
+    dbGenericPlans: read('DB_GENERIC_PLANS', oneOf(['on', 'off'] as const), 'on') === 'on',
     shutdownTimeoutMs: read('SHUTDOWN_TIMEOUT_MS', integer(100, 600_000), 15_000),
     twilio: undefined,
     simulatorPort: read('SIMULATOR_PORT', integer(0, 65535), 3001),
@@ -231,6 +234,11 @@ export const CONFIG_DOC: readonly { variable: string; default: string; meaning: 
     variable: 'DB_PREPARED_STATEMENTS',
     default: 'on',
     meaning: 'on: frequent statements run as named prepared statements (planned once per connection); off behind a transaction-pooling proxy',
+  },
+  {
+    variable: 'DB_GENERIC_PLANS',
+    default: 'on',
+    meaning: "on: the send path's transactions reuse one plan per statement instead of planning at each execution; off: PostgreSQL chooses",
   },
   {
     variable: 'SHUTDOWN_TIMEOUT_MS',

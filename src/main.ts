@@ -30,6 +30,12 @@ import { bootstrapOperatorKey, type CreatedKey } from './tenancy/index.ts';
 export interface Database {
   pool: pg.Pool;
   db: Db;
+  /**
+   * The send path's transactions (intake, dispatch, claim, outcome, status
+   * callbacks, capture drain, reconciliation): the same pool, but each
+   * transaction reuses one plan per statement (`DB_GENERIC_PLANS`).
+   */
+  pipelineDb: Db;
   url: string;
   embedded: EmbeddedPostgres | undefined;
   close(): Promise<void>;
@@ -51,14 +57,17 @@ export async function openDatabase(config: Config, log: Logger): Promise<Databas
     });
   }
   const db = createDb(pool, { prepare: config.dbPreparedStatements });
+  const pipelineDb = createDb(pool, { prepare: config.dbPreparedStatements, genericPlans: config.dbGenericPlans });
   let closed: Promise<void> | undefined;
   return {
     pool,
     db,
+    pipelineDb,
     url,
     embedded,
     close: () => {
       closed ??= (async () => {
+        // ends the pool, which pipelineDb shares
         await db.destroy().catch((err: unknown) => log.warn({ err }, 'closing the pool failed'));
         await embedded?.stop();
       })();
@@ -233,7 +242,7 @@ export async function startCredence(
   roles: Roles,
 ): Promise<RunningCredence> {
   const database = await openDatabase(config, log);
-  const { db, pool } = database;
+  const { db, pipelineDb, pool } = database;
   let worker: WorkerHandle | undefined;
   let app: Awaited<ReturnType<typeof buildApp>> | undefined;
   let simulator: CarrierSimulator | undefined;
@@ -254,7 +263,7 @@ export async function startCredence(
       // all-in-one start without a Stripe key runs the payments simulator too
       const paymentsSetup = await openPayments(config, log, roles.worker && config.stripe === undefined);
       paymentsSimulator = paymentsSetup.simulator;
-      app = await buildApp({ config, db, pool, log, carrier, billing: { ...paymentsSetup.billing, db } });
+      app = await buildApp({ config, db, pipelineDb, pool, log, carrier, billing: { ...paymentsSetup.billing, db } });
       await app.listen({ host: config.host, port: config.port });
       const address = app.server.address();
       const port = typeof address === 'object' && address !== null ? address.port : config.port;
@@ -262,15 +271,15 @@ export async function startCredence(
     }
     let failed: Promise<Error> = new Promise(() => {});
     if (roles.worker) {
-      dispatcher = await startDispatcher({ pool, db, log });
-      capturer = startCapturer({ db, log });
+      dispatcher = await startDispatcher({ pool, db: pipelineDb, log });
+      capturer = startCapturer({ db: pipelineDb, log });
       worker = await startWorker({
         pool,
         taskList: buildTaskList({
           db,
           log,
           send: {
-            db,
+            db: pipelineDb,
             carrier,
             publicUrl: config.publicUrl,
             log,

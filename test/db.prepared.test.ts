@@ -27,7 +27,7 @@ async function preparedTexts(db: Kysely<Database>): Promise<string[]> {
 describe('named prepared statements', () => {
   it(`a text run ${PREPARE_AFTER} times is prepared once on the connection, and answers as before`, async () => {
     const names = createStatementNames();
-    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: preparingPool(tdb.pool, names) }) });
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: preparingPool(tdb.pool, { names }) }) });
     const answers: number[] = [];
     for (let i = 1; i <= PREPARE_AFTER + 3; i++) {
       const { rows } = await sql<{ n: number }>`select ${i}::int * 2 as n`.execute(db);

@@ -38,9 +38,17 @@ export function createPool(connectionString: string, max: number): pg.Pool {
   return pool;
 }
 
-/** Kysely over the pool; frequent statements become named prepared statements unless `prepare` is false. */
-export function createDb(pool: pg.Pool, options: { prepare?: boolean } = {}): Db {
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool: options.prepare === false ? pool : preparingPool(pool) }) });
+/**
+ * Kysely over the pool; frequent statements become named prepared
+ * statements unless `prepare` is false; with `genericPlans`, transactions
+ * reuse one plan per statement (the send path's `Db`: see prepared.ts).
+ * Several may share one pool; destroy only one of them (it ends the pool).
+ */
+export function createDb(pool: pg.Pool, options: { prepare?: boolean; genericPlans?: boolean } = {}): Db {
+  const wrapped = options.prepare === false && options.genericPlans !== true
+    ? pool
+    : preparingPool(pool, { ...(options.prepare === false && { names: false as const }), genericPlans: options.genericPlans === true });
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool: wrapped }) });
 }
 
 /** Errors that mean "the server is not there yet" (restarting, starting up), not "you may not". */

@@ -63,16 +63,49 @@ export function createStatementNames(): StatementNames {
   };
 }
 
-/** A pool for Kysely whose clients run frequent statements as named prepared statements. */
-export function preparingPool(pool: pg.Pool, names: StatementNames = createStatementNames()): PostgresPool {
+/**
+ * Opening a transaction that plans its statements generically: one
+ * round trip, as a plain `begin` (a simple-protocol query may hold two
+ * statements). `set local` ends with the transaction.
+ */
+export const BEGIN_GENERIC = 'begin; set local plan_cache_mode = force_generic_plan';
+
+export interface PoolOptions {
+  /** The names of frequent statements (default: a set of its own); false runs every statement unnamed. */
+  names?: StatementNames | false;
+  /**
+   * Transactions plan their statements once per connection and reuse the
+   * plan (`plan_cache_mode = force_generic_plan`), instead of planning them
+   * anew at each execution with the values of that execution. For the send
+   * path's transactions only: their statements' plans are checked with
+   * `EXPLAIN (GENERIC_PLAN)` by `test/plans.generic.test.ts`. A generic
+   * plan cannot use a partial index whose predicate only a parameter's value
+   * would prove, so statuses in those statements are written as literals.
+   */
+  genericPlans?: boolean;
+}
+
+/**
+ * A pool for Kysely whose clients run frequent statements as named prepared
+ * statements, and, with `genericPlans`, open transactions that plan
+ * generically.
+ */
+export function preparingPool(pool: pg.Pool, options: PoolOptions = {}): PostgresPool {
+  const names = options.names === false ? undefined : (options.names ?? createStatementNames());
+  const begin = options.genericPlans === true ? BEGIN_GENERIC : undefined;
   // per connection: a suffix renewed when PostgreSQL refuses a statement prepared before a migration
   const generations = new WeakMap<pg.PoolClient, number>();
   return {
     async connect(): Promise<PostgresPoolClient> {
       const client = await pool.connect();
       const run = async <R>(text: string, parameters: readonly unknown[]): Promise<PostgresQueryResult<R>> => {
+        if (begin !== undefined && text === 'begin') {
+          // two statements, two results: Kysely reads the first, as it would for `begin`
+          const results = (await client.query(begin)) as unknown as PostgresQueryResult<R>[];
+          return results[0]!;
+        }
         const values = [...parameters];
-        const name = names.nameFor(text);
+        const name = names?.nameFor(text);
         if (name === undefined) return (await client.query(text, values)) as unknown as PostgresQueryResult<R>;
         const generation = generations.get(client) ?? 0;
         try {

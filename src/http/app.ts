@@ -31,6 +31,8 @@ import { Problem } from './schemas.ts';
 export interface AppDeps {
   config: Pick<Config, 'publicUrl'>;
   db: Db;
+  /** The send path's transactions (message intake, status callbacks): generic plans, same pool. */
+  pipelineDb: Db;
   pool: pg.Pool;
   log: Logger;
   /** Only webhook verification is needed here; sending happens in the worker. */

@@ -44,7 +44,8 @@ export function buildTaskList(deps: TaskDeps): TaskList {
     dispatch: async (payload) => {
       const organizationId = stringField(payload, 'organizationId');
       const includeBlocked = (payload as { includeBlocked?: unknown }).includeBlocked === true;
-      const report = await dispatchOrganization(deps.db, organizationId, { includeBlocked });
+      // the send path's Db (generic plans in its transactions)
+      const report = await dispatchOrganization(deps.send.db, organizationId, { includeBlocked });
       if (report.batches > 0) deps.log.debug({ organization_id: organizationId, ...report }, 'dispatched');
     },
     /** Claim, send and record one batch of queued messages. */

@@ -19,6 +19,7 @@ export async function buildTestApp(
   return buildApp({
     config: { publicUrl: options.publicUrl ?? 'http://localhost:3000' },
     db: tdb.db,
+    pipelineDb: tdb.pipelineDb,
     pool: tdb.pool,
     log: silentLog,
     carrier: options.carrier ?? noCarrier,

@@ -8,6 +8,8 @@ export interface TestDatabase {
   url: string;
   pool: pg.Pool;
   db: Db;
+  /** The send path's Db as main.ts wires it: the same pool, generic plans in its transactions. */
+  pipelineDb: Db;
   close(): Promise<void>;
 }
 
@@ -43,11 +45,13 @@ export async function createTestDatabase(
   const url = withDatabase(adminUrl, name);
   const pool = createPool(url, options.poolSize ?? 10);
   const db = createDb(pool);
+  const pipelineDb = createDb(pool, { genericPlans: true });
   return {
     name,
     url,
     pool,
     db,
+    pipelineDb,
     close: async () => {
       await db.destroy();
       const c = new pg.Client({ connectionString: adminUrl });

@@ -89,7 +89,7 @@ export async function startPipeline(
   });
   if (sender.statusCode !== 201) throw new Error(`sender: ${sender.body}`);
   const sendDeps: SendDeps = {
-    db: tdb.db,
+    db: tdb.pipelineDb,
     carrier,
     publicUrl: apiUrl,
     log: silentLog,
@@ -103,7 +103,7 @@ export async function startPipeline(
   let dispatcher: Dispatcher | undefined;
   // The capture drain runs whether or not the job worker does: tests that
   // call sendBatch by hand act as a worker process.
-  const capturer: Capturer = startCapturer({ db: tdb.db, log: silentLog, pollMs: 200 });
+  const capturer: Capturer = startCapturer({ db: tdb.pipelineDb, log: silentLog, pollMs: 200 });
   sendDeps.captures = capturer;
   const pipeline: Pipeline = {
     tdb,
@@ -118,7 +118,7 @@ export async function startPipeline(
     payments,
     capturer,
     startWorker: async () => {
-      dispatcher = await startDispatcher({ pool: tdb.pool, db: tdb.db, log: silentLog });
+      dispatcher = await startDispatcher({ pool: tdb.pool, db: tdb.pipelineDb, log: silentLog });
       pipeline.worker = await startWorker({
         pool: tdb.pool,
         taskList: buildTaskList({ db: tdb.db, log: silentLog, send: sendDeps }),

@@ -93,7 +93,7 @@ export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
   const { db } = deps;
   return async (app) => {
     // immediate messages are stored in batches, one commit for many requests
-    const inserts = messaging.createIntakeBatcher(db);
+    const inserts = messaging.createIntakeBatcher(deps.pipelineDb);
     app.addHook('onClose', () => inserts.close());
     app.post(
       '/v1/messages',

@@ -13,7 +13,7 @@ const EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>
 export function webhookRoutes(deps: AppDeps): FastifyPluginAsync {
   return async (app) => {
     // status callbacks are applied in batches, one commit for many (see statusBatch.ts)
-    const statusCallbacks = createStatusCallbackBatcher(deps);
+    const statusCallbacks = createStatusCallbackBatcher({ db: deps.pipelineDb, log: deps.log });
     app.addHook('onClose', () => statusCallbacks.close());
     app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 64 * 1024 }, (_req, body, done) => {
       const params: Record<string, string> = {};
