@@ -238,7 +238,7 @@ export const CONFIG_DOC: readonly { variable: string; default: string; meaning: 
   {
     variable: 'DB_GENERIC_PLANS',
     default: 'on',
-    meaning: "on: the send path's transactions reuse one plan per statement instead of planning at each execution; off: PostgreSQL chooses",
+    meaning: "on: the send path's transactions reuse one plan per statement instead of planning at each execution (needs DB_PREPARED_STATEMENTS=on); off: PostgreSQL chooses",
   },
   {
     variable: 'SHUTDOWN_TIMEOUT_MS',

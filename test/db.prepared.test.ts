@@ -1,6 +1,7 @@
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Database } from '../src/db/schema.ts';
+import { createDb } from '../src/db/db.ts';
 import { createStatementNames, PREPARE_AFTER, preparingPool } from '../src/db/prepared.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/db.ts';
 
@@ -67,5 +68,29 @@ describe('named prepared statements', () => {
     // … and the connection prepares it afresh
     expect((await read()).rows).toEqual([{ id: 1, note: 'x' }]);
     expect((await read()).rows).toEqual([{ id: 1, note: 'x' }]);
+  });
+
+  it('a Db with genericPlans plans generically inside its transactions only, and leaves the connection as it found it', async () => {
+    const generic = createDb(tdb.pool, { genericPlans: true });
+    const mode = async (db: Kysely<Database>) => (await sql<{ m: string }>`select current_setting('plan_cache_mode') as m`.execute(db)).rows[0]!.m;
+    const inside = await generic.transaction().execute(async (trx) => {
+      await sql`create temporary table generic_probe (id int primary key) on commit drop`.execute(trx);
+      await sql`insert into generic_probe select generate_series(1, 100)`.execute(trx);
+      const read = async (id: number) => (await sql<{ id: number }>`select id from generic_probe where id = ${id}`.execute(trx)).rows;
+      for (let i = 1; i <= PREPARE_AFTER + 2; i++) expect(await read(i)).toEqual([{ id: i }]);
+      return mode(trx);
+    });
+    expect(inside).toBe('force_generic_plan');
+    // the pool's one connection, after the commit, and through another Db
+    expect(await mode(generic)).toBe('auto');
+    expect(await mode(tdb.db)).toBe('auto');
+    // a rolled-back transaction too
+    await expect(
+      generic.transaction().execute(async (trx) => {
+        expect(await mode(trx)).toBe('force_generic_plan');
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
+    expect(await mode(generic)).toBe('auto');
   });
 });

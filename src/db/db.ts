@@ -42,12 +42,13 @@ export function createPool(connectionString: string, max: number): pg.Pool {
  * Kysely over the pool; frequent statements become named prepared
  * statements unless `prepare` is false; with `genericPlans`, transactions
  * reuse one plan per statement (the send path's `Db`: see prepared.ts).
- * Several may share one pool; destroy only one of them (it ends the pool).
+ * Without prepared statements there is no plan to reuse (an unnamed
+ * statement is planned at each execution either way), so `genericPlans`
+ * then does nothing. Several may share one pool; destroy only one of them
+ * (it ends the pool).
  */
 export function createDb(pool: pg.Pool, options: { prepare?: boolean; genericPlans?: boolean } = {}): Db {
-  const wrapped = options.prepare === false && options.genericPlans !== true
-    ? pool
-    : preparingPool(pool, { ...(options.prepare === false && { names: false as const }), genericPlans: options.genericPlans === true });
+  const wrapped = options.prepare === false ? pool : preparingPool(pool, { genericPlans: options.genericPlans === true });
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool: wrapped }) });
 }
 

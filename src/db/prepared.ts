@@ -71,8 +71,8 @@ export function createStatementNames(): StatementNames {
 export const BEGIN_GENERIC = 'begin; set local plan_cache_mode = force_generic_plan';
 
 export interface PoolOptions {
-  /** The names of frequent statements (default: a set of its own); false runs every statement unnamed. */
-  names?: StatementNames | false;
+  /** The names of frequent statements (default: a set of its own). */
+  names?: StatementNames;
   /**
    * Transactions plan their statements once per connection and reuse the
    * plan (`plan_cache_mode = force_generic_plan`), instead of planning them
@@ -91,7 +91,7 @@ export interface PoolOptions {
  * generically.
  */
 export function preparingPool(pool: pg.Pool, options: PoolOptions = {}): PostgresPool {
-  const names = options.names === false ? undefined : (options.names ?? createStatementNames());
+  const names = options.names ?? createStatementNames();
   const begin = options.genericPlans === true ? BEGIN_GENERIC : undefined;
   // per connection: a suffix renewed when PostgreSQL refuses a statement prepared before a migration
   const generations = new WeakMap<pg.PoolClient, number>();
@@ -105,7 +105,7 @@ export function preparingPool(pool: pg.Pool, options: PoolOptions = {}): Postgre
           return results[0]!;
         }
         const values = [...parameters];
-        const name = names?.nameFor(text);
+        const name = names.nameFor(text);
         if (name === undefined) return (await client.query(text, values)) as unknown as PostgresQueryResult<R>;
         const generation = generations.get(client) ?? 0;
         try {
