@@ -56,6 +56,13 @@ describe('bucket arithmetic', () => {
     expect(applyAll(start, planDebit(start, 'adjust', 10))).toEqual(b({ reservedPurchased: 5, debt: 3 }));
   });
 
+  it('a refunded subscription period takes its allowance first, then purchased, then records debt', () => {
+    const start = b({ allowance: 4, purchased: 3, reservedAllowance: 2 });
+    expect(applyAll(start, planDebit(start, 'clawback', 3, 'allowance_first'))).toEqual(b({ allowance: 1, purchased: 3, reservedAllowance: 2 }));
+    expect(applyAll(start, planDebit(start, 'clawback', 6, 'allowance_first'))).toEqual(b({ purchased: 1, reservedAllowance: 2 }));
+    expect(applyAll(start, planDebit(start, 'clawback', 9, 'allowance_first'))).toEqual(b({ reservedAllowance: 2, debt: 2 }));
+  });
+
   it('a renewal expires the unused allowance and grants the new one', () => {
     const start = b({ allowance: 40, purchased: 5 });
     const entries = planRenewal(start, 100);
@@ -75,7 +82,7 @@ describe('bucket arithmetic', () => {
   it('property: any sequence of planned operations keeps every balance ≥ 0 and conserves credits', () => {
     const op = fc.oneof(
       fc.record({ t: fc.constant('credit' as const), n: fc.integer({ min: 1, max: 50 }) }),
-      fc.record({ t: fc.constant('debit' as const), n: fc.integer({ min: 1, max: 80 }) }),
+      fc.record({ t: fc.constant('debit' as const), n: fc.integer({ min: 1, max: 80 }), allowanceFirst: fc.boolean() }),
       fc.record({ t: fc.constant('renew' as const), n: fc.integer({ min: 0, max: 60 }) }),
       fc.record({ t: fc.constant('reserve' as const), ns: fc.array(fc.integer({ min: 1, max: 9 }), { maxLength: 8 }) }),
     );
@@ -92,7 +99,7 @@ describe('bucket arithmetic', () => {
               inflow += o.n;
               break;
             case 'debit': {
-              cur = applyAll(cur, planDebit(cur, 'clawback', o.n));
+              cur = applyAll(cur, planDebit(cur, 'clawback', o.n, o.allowanceFirst ? 'allowance_first' : 'purchased_first'));
               outflow += o.n; // what was not available became debt
               break;
             }

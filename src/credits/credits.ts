@@ -113,11 +113,25 @@ export function planCredit(b: Balances, kind: 'purchase' | 'grant' | 'adjust', a
  * Credits taken back (negative adjust, clawback): from purchased first, then
  * allowance; what is not there becomes debt. Reserved credits are untouched
  * (they belong to messages already in flight), and no balance goes negative.
+ * `allowance_first`: the allowance is taken before purchased credits (a
+ * refunded subscription period takes back its own allowance first).
  */
-export function planDebit(b: Balances, kind: 'adjust' | 'clawback', amount: number): PlannedEntry[] {
+export function planDebit(
+  b: Balances,
+  kind: 'adjust' | 'clawback',
+  amount: number,
+  order: 'purchased_first' | 'allowance_first' = 'purchased_first',
+): PlannedEntry[] {
   assertPositiveAmount(amount);
-  const fromPurchased = Math.min(b.purchased, amount);
-  const fromAllowance = Math.min(b.allowance, amount - fromPurchased);
+  let fromPurchased: number;
+  let fromAllowance: number;
+  if (order === 'allowance_first') {
+    fromAllowance = Math.min(b.allowance, amount);
+    fromPurchased = Math.min(b.purchased, amount - fromAllowance);
+  } else {
+    fromPurchased = Math.min(b.purchased, amount);
+    fromAllowance = Math.min(b.allowance, amount - fromPurchased);
+  }
   const toDebt = amount - fromPurchased - fromAllowance;
   return [{ kind, delta: delta({ purchased: -fromPurchased, allowance: -fromAllowance, debt: toDebt }) }];
 }

@@ -289,10 +289,22 @@ export function adjust(
   );
 }
 
-/** A payment refunded or disputed: its credits are taken back, into debt if already spent. */
+/**
+ * A payment refunded or disputed: its credits are taken back, into debt if
+ * already spent. With `allowancePeriod` (a subscription invoice's period),
+ * and while that period is still the account's, the allowance goes first.
+ */
 export function clawback(
   db: DbOrTx,
-  input: { organizationId: string; amount: number; paymentRef: string; reason: string; idempotencyKey: string; actor: LedgerActor },
+  input: {
+    organizationId: string;
+    amount: number;
+    paymentRef: string;
+    reason: string;
+    idempotencyKey: string;
+    actor: LedgerActor;
+    allowancePeriod?: string;
+  },
 ): Promise<Replayable<AdjustResult>> {
   positive('amount', input.amount);
   return runOperation(
@@ -301,11 +313,11 @@ export function clawback(
       organizationId: input.organizationId,
       idempotencyKey: input.idempotencyKey,
       kind: 'clawback',
-      request: { amount: input.amount, paymentRef: input.paymentRef },
+      request: { amount: input.amount, paymentRef: input.paymentRef, ...(input.allowancePeriod !== undefined && { allowancePeriod: input.allowancePeriod }) },
       actor: input.actor,
     },
-    async (_trx, _acc, b) => ({
-      entries: keyed(input.idempotencyKey, planDebit(b, 'clawback', input.amount), {
+    async (_trx, acc, b) => ({
+      entries: keyed(input.idempotencyKey, planDebit(b, 'clawback', input.amount, input.allowancePeriod !== undefined && acc.allowance_period === input.allowancePeriod ? 'allowance_first' : 'purchased_first'), {
         paymentRef: input.paymentRef,
         reason: input.reason,
       }),

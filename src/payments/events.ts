@@ -74,7 +74,20 @@ export async function handleStripeEvent(deps: BillingDeps, event: PaymentEvent):
   return handled ? 'processed' : 'ignored';
 }
 
-/** A renewal (or the first period): the plan's allowance replaces the previous one, once per invoice. */
+/** An invoice's payment intent: `payment_intent` before API 2025-03-31, its first payment's since. */
+function invoicePaymentIntent(invoice: Record<string, unknown>): string | null {
+  const payments = (invoice.payments as { data?: { payment?: Record<string, unknown> }[] } | null | undefined)?.data ?? [];
+  const payment = payments[0]?.payment;
+  return (payment ? str(payment, 'payment_intent') : null) ?? str(invoice, 'payment_intent');
+}
+
+/**
+ * A renewal (or the first period): the plan's allowance replaces the
+ * previous one, once per invoice. A paid invoice's charge is recorded with
+ * what it bought (`invoice_payments`), so that a refund or a lost dispute
+ * takes the same share back; a refund made before this event is applied
+ * here.
+ */
 async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>): Promise<void> {
   const subId = invoiceSubscription(invoice);
   if (subId === null) return;
@@ -85,20 +98,31 @@ async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>):
   const plan = deps.catalog.plans.find((p) => p.id === (sub.metadata.item ?? ''));
   const lines = (invoice.lines as { data?: { period?: { start?: number; end?: number } }[] } | undefined)?.data ?? [];
   const periodStart = lines[0]?.period?.start ?? num(invoice, 'period_start');
+  const period = `${subId}:${periodStart}`;
+  const paymentIntent = num(invoice, 'amount_paid') > 0 ? invoicePaymentIntent(invoice) : null;
+  const refundedSoFar = paymentIntent !== null ? await deps.payments.refundedAmount(paymentIntent) : 0;
   await deps.db.transaction().execute(async (trx) => {
     // An older invoice arriving late must not replace a newer period's allowance.
     const { rows } = await sql<{ renewed: string | null }>`select max(allowance_period_start)::text as renewed from credit_accounts where organization_id = ${org}`.execute(trx);
     const renewed = rows[0]?.renewed ? Date.parse(rows[0].renewed) : 0;
-    if (periodStart * 1000 < renewed) return;
-    await credits.renewAllowance(trx, {
-      organizationId: org,
-      amount: plan?.monthlyCredits ?? 0,
-      period: `${subId}:${periodStart}`,
-      periodStart: new Date(periodStart * 1000),
-      idempotencyKey: `invoice:${String(invoice.id)}`,
-      actor: system,
-    });
-    await creditsArrived(trx, org);
+    let granted = 0;
+    if (periodStart * 1000 >= renewed) {
+      const renewal = await credits.renewAllowance(trx, {
+        organizationId: org,
+        amount: plan?.monthlyCredits ?? 0,
+        period,
+        periodStart: new Date(periodStart * 1000),
+        idempotencyKey: `invoice:${String(invoice.id)}`,
+        actor: system,
+      });
+      granted = renewal.granted;
+      await creditsArrived(trx, org);
+    }
+    if (paymentIntent === null) return;
+    await sql`insert into invoice_payments (payment_intent, invoice_id, organization_id, amount, currency, allowance, allowance_period)
+      values (${paymentIntent}, ${String(invoice.id)}, ${org}, ${num(invoice, 'amount_paid')}, ${str(invoice, 'currency') ?? 'eur'}, ${granted}, ${period})
+      on conflict do nothing`.execute(trx);
+    if (refundedSoFar > 0) await applyRefund(trx, paymentIntent, refundedSoFar);
   });
 }
 
