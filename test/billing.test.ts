@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as credits from '../src/credits/index.ts';
+import { DEFAULT_CATALOG } from '../src/payments/index.ts';
 import { signatureHeader } from '../src/payments/simulator/index.ts';
 import { bearer } from './helpers/app.ts';
 import { campaignAction, createCampaign, makeAudience, recipients, waitForCampaign } from './helpers/campaigns.ts';
@@ -211,9 +212,24 @@ describe('operator actions', () => {
       payload: { plan: 'ultra', reason: 'customer upgraded by phone' },
     });
     expect(change.statusCode, change.body).toBe(200);
+    const subscriptionId = (change.json() as { subscription_id: string }).subscription_id;
     await sim().advanceClock();
     await sim().flush();
     await eventually(async () => ((await account()).allowance === 500 ? true : undefined), 10_000, 'ultra allowance');
+    // Stripe bills the new plan from this renewal on: the item's price, not only our metadata
+    const renewal = sim()
+      .events()
+      .filter((e) => e.type === 'invoice.paid')
+      .map((e) => e.data.object as unknown as { subscription: string; billing_reason: string; amount_paid: number; lines: { data: { description: string }[] } })
+      .filter((i) => i.subscription === subscriptionId)
+      .at(-1)!;
+    const ultra = DEFAULT_CATALOG.plans.find((x) => x.id === 'ultra')!;
+    expect(renewal.billing_reason).toBe('subscription_cycle');
+    expect(renewal.amount_paid).toBe(ultra.amount);
+    expect(renewal.lines.data[0]!.description).toContain(ultra.name);
+    // a second change to the same plan reuses its product
+    const again = await p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/plan`, headers: bearer(p.op), payload: { plan: 'ultra', reason: 'again' } });
+    expect(again.statusCode, again.body).toBe(200);
     const bad = await p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/plan`, headers: bearer(p.op), payload: { plan: 'gold', reason: 'x' } });
     expect(bad.statusCode).toBe(422);
     const notOperator = await p.app.inject({ method: 'POST', url: `/v1/organizations/${p.tenant.organizationId}/freeze`, headers: bearer(p.tenant.orgKey), payload: { reason: 'x' } });
@@ -239,7 +255,7 @@ describe('operator actions', () => {
     await eventually(async () => (p.simulator.log().some((e) => e.to === '+14155559001') ? true : undefined), 15_000, 'sent after unfreeze');
     const { rows: audit } = await sql<{ action: string; reason: string }>`select action, reason from audit_log
       where organization_id = ${p.tenant.organizationId} and action in ('organization.plan_change', 'organization.freeze', 'organization.unfreeze') order by created_at`.execute(p.tdb.db);
-    expect(audit.map((a) => a.action)).toEqual(['organization.plan_change', 'organization.freeze', 'organization.unfreeze']);
+    expect(audit.map((a) => a.action)).toEqual(['organization.plan_change', 'organization.plan_change', 'organization.freeze', 'organization.unfreeze']);
   }, 60_000);
 });
 

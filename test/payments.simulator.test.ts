@@ -180,6 +180,44 @@ describe('subscriptions on the simulated clock', () => {
     await expect(stripe.subscriptions.cancel(sub.id)).rejects.toMatchObject({ statusCode: 400 });
   });
 
+  it("changes an item's price without proration: the next renewal bills it; a refused change changes nothing", async () => {
+    const session = await stripe.checkout.sessions.create({ mode: 'subscription', line_items: [monthly(900)] });
+    await sim.pay(session.id);
+    const sub = await stripe.subscriptions.retrieve((await stripe.checkout.sessions.retrieve(session.id)).subscription as string);
+    const item = sub.items.data[0]!;
+    const product = await stripe.products.create({ id: 'plan_ultra', name: 'Ultra' });
+    expect(product).toMatchObject({ id: 'plan_ultra', object: 'product', name: 'Ultra' });
+    await expect(stripe.products.create({ id: 'plan_ultra', name: 'Ultra' })).rejects.toMatchObject({ statusCode: 400, code: 'resource_already_exists' });
+    const priceData = { currency: 'eur', product: product.id, unit_amount: 2_900, recurring: { interval: 'month' as const } };
+
+    // Stripe would prorate by default; the simulator cannot, so it refuses rather than bill differently
+    await expect(stripe.subscriptions.update(sub.id, { items: [{ id: item.id, price_data: priceData }] })).rejects.toMatchObject({ statusCode: 400, param: 'proration_behavior' });
+    await expect(
+      stripe.subscriptions.update(sub.id, { items: [{ id: 'si_nope', price_data: priceData }], proration_behavior: 'none' }),
+    ).rejects.toMatchObject({ statusCode: 400, param: 'items[0][id]' });
+    await expect(
+      stripe.subscriptions.update(sub.id, { items: [{ id: item.id, price_data: { ...priceData, product: 'prod_nope' } }], proration_behavior: 'none' }),
+    ).rejects.toMatchObject({ statusCode: 400, param: 'items[0][price_data][product]' });
+    await expect(
+      stripe.subscriptions.update(sub.id, { items: [{ id: item.id, price_data: { ...priceData, currency: 'usd' } }], proration_behavior: 'none' }),
+    ).rejects.toMatchObject({ statusCode: 400, param: 'items[0][price_data][currency]' });
+    expect((await stripe.subscriptions.retrieve(sub.id)).items.data[0]!.price.unit_amount).toBe(900);
+
+    const updated = await stripe.subscriptions.update(sub.id, { items: [{ id: item.id, price_data: priceData }], proration_behavior: 'none' });
+    expect(updated.items.data[0]!.price).toMatchObject({ unit_amount: 2_900, product: 'plan_ultra', recurring: { interval: 'month' } });
+    await sim.advanceClock();
+    await sim.flush();
+    const renewal = receiver
+      .ofType('invoice.paid')
+      .map((e) => e.data.object as unknown as Stripe.Invoice & { subscription: string })
+      .filter((i) => i.subscription === sub.id)
+      .at(-1)!;
+    expect(renewal).toMatchObject({ billing_reason: 'subscription_cycle', amount_paid: 2_900 });
+    expect(renewal.lines.data[0]!.description).toContain('Ultra');
+    await stripe.subscriptions.cancel(sub.id); // later tests move the clock and count events
+    await sim.flush();
+  });
+
   it('cancels now through the SDK and through the simulator', async () => {
     const ids: string[] = [];
     for (let i = 0; i < 2; i++) {

@@ -172,17 +172,19 @@ async function applySubscription(
 export { creditsArrived };
 
 /**
- * Operator plan change: the subscription's plan (Stripe metadata and our
- * row) changes now; the allowance follows at the next renewal.
+ * Operator plan change: the subscription's plan changes now, at Stripe (its
+ * price, billed from the next invoice without proration, and its metadata)
+ * and in our row; the allowance follows at the next renewal.
  */
 export async function changePlan(deps: BillingDeps, organizationId: string, plan: string): Promise<{ plan: string; subscription_id: string }> {
-  if (!deps.catalog.plans.some((p) => p.id === plan && p.amount > 0)) {
+  const target = deps.catalog.plans.find((p) => p.id === plan && p.amount > 0);
+  if (target === undefined) {
     throw validationError('plan', `must be a paid plan: ${deps.catalog.plans.filter((p) => p.amount > 0).map((p) => p.id).join(', ')}`);
   }
   const { rows } = await sql<{ stripe_subscription_id: string }>`select stripe_subscription_id from subscriptions where organization_id = ${organizationId}`.execute(deps.db);
   const sub = rows[0];
   if (sub === undefined) throw new DomainError('conflict', 'This organization has no subscription; it buys a plan through checkout first.');
-  await deps.payments.setSubscriptionPlan(sub.stripe_subscription_id, plan);
+  await deps.payments.changeSubscriptionPlan(sub.stripe_subscription_id, target);
   await sql`update subscriptions set plan = ${plan}, updated_at = now() where organization_id = ${organizationId}`.execute(deps.db);
   return { plan, subscription_id: sub.stripe_subscription_id };
 }

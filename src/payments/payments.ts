@@ -50,8 +50,12 @@ export interface Payments {
   refundedAmount(paymentIntent: string): Promise<number>;
   /** A charge's customer and payment intent (disputes on subscription charges carry only the charge). */
   getCharge(id: string): Promise<{ customer: string | null; paymentIntent: string | null }>;
-  /** Record the plan on the subscription (its metadata): the next renewal grants that plan's allowance. */
-  setSubscriptionPlan(id: string, plan: string): Promise<void>;
+  /**
+   * Move the subscription to a plan: its item's price becomes the plan's
+   * (billed from the next invoice, no proration) and its metadata names the
+   * plan (the next renewal grants that plan's allowance).
+   */
+  changeSubscriptionPlan(id: string, plan: { id: string; name: string; amount: number; currency: string }): Promise<void>;
   /** The verified event, or undefined when the signature, timestamp or body do not check out. */
   verifyWebhook(rawBody: Buffer, signature: string | undefined): PaymentEvent | undefined;
 }

@@ -85,8 +85,22 @@ export function createStripePayments(options: StripeOptions): Payments {
       const c = await stripe.charges.retrieve(id);
       return { customer: idOf(c.customer), paymentIntent: idOf(c.payment_intent) };
     },
-    async setSubscriptionPlan(id: string, plan: string): Promise<void> {
-      await stripe.subscriptions.update(id, { metadata: { item: plan } });
+    async changeSubscriptionPlan(id, plan) {
+      const sub = await stripe.subscriptions.retrieve(id);
+      const item = sub.items.data[0];
+      if (item === undefined) throw new Error(`subscription ${id} has no item to reprice`);
+      // one product per plan, under an id of ours: created once, found again after
+      const product = `credence_plan_${plan.id}`;
+      try {
+        await stripe.products.create({ id: product, name: plan.name });
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'resource_already_exists') throw err;
+      }
+      await stripe.subscriptions.update(id, {
+        items: [{ id: item.id, price_data: { currency: plan.currency, product, unit_amount: plan.amount, recurring: { interval: 'month' } } }],
+        proration_behavior: 'none',
+        metadata: { item: plan.id },
+      });
     },
     verifyWebhook(rawBody: Buffer, signature: string | undefined): PaymentEvent | undefined {
       if (signature === undefined) return undefined;

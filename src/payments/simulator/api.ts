@@ -4,7 +4,7 @@
  * idempotency keys are the HTTP layer's (server.ts).
  */
 import type { FormObject } from './form.ts';
-import { customerInput, only, refundInput, sessionInput, subscriptionUpdate } from './params.ts';
+import { customerInput, only, productInput, refundInput, sessionInput, subscriptionUpdate } from './params.ts';
 import { must, StripeSimError } from './resources.ts';
 import type { World } from './world.ts';
 
@@ -31,6 +31,8 @@ const ROUTES: [string, RegExp, Handler][] = [
   ],
   ['POST', /^\/v1\/customers$/, (w, _id, f) => w.createCustomer(customerInput(f))],
   ['GET', /^\/v1\/customers\/([^/]+)$/, (w, id) => must(w.store.customers, id, 'customer')],
+  ['POST', /^\/v1\/products$/, (w, _id, f) => w.createProduct(productInput(f))],
+  ['GET', /^\/v1\/products\/([^/]+)$/, (w, id) => must(w.store.products, id, 'product')],
   ['GET', /^\/v1\/subscriptions\/([^/]+)$/, (w, id) => must(w.store.subscriptions, id, 'subscription')],
   ['POST', /^\/v1\/subscriptions\/([^/]+)$/, (w, id, f) => w.updateSubscription(id, subscriptionUpdate(f))],
   [

@@ -9,13 +9,16 @@ import {
   type Invoice,
   type LineItem,
   list,
+  invalid,
   type Metadata,
   MONTH,
+  noSuch,
   type PaymentIntent,
   type StripeObject,
   StripeSimError,
   type Subscription,
 } from './resources.ts';
+import type { ItemPriceUpdate } from './params.ts';
 import type { Store } from './world.ts';
 
 interface Deps {
@@ -194,9 +197,39 @@ export function createBilling({ id, now, store, emit, collect, advance }: Deps) 
       return sub;
     },
     /** `metadata: null` clears it; otherwise it is merged (an empty value removes its key). */
-    updateSubscription(subscriptionId: string, update: { cancelAtPeriodEnd?: boolean; metadata?: Metadata | null }): Subscription {
+    updateSubscription(
+      subscriptionId: string,
+      update: { cancelAtPeriodEnd?: boolean; metadata?: Metadata | null; items?: readonly ItemPriceUpdate[] | undefined },
+    ): Subscription {
       const sub = live(subscriptionId);
       const previous: Record<string, unknown> = {};
+      if (update.items !== undefined && update.items.length > 0) {
+        // checked whole before anything changes: a refused request changes nothing
+        const changes = update.items.map((u, i) => {
+          const item = sub.items.data.find((x) => x.id === u.id);
+          if (item === undefined) throw noSuch('subscription_item', u.id, `items[${i}][id]`);
+          const product = store.products.get(u.product);
+          if (product === undefined) throw noSuch('product', u.product, `items[${i}][price_data][product]`);
+          if (u.currency !== sub.currency) throw invalid(`items[${i}][price_data][currency]`, `The price's currency must be the subscription's (${sub.currency}).`);
+          return { item, product, u };
+        });
+        previous.items = structuredClone(sub.items);
+        for (const { item, product, u } of changes) {
+          // the next invoice bills the new price; no proration (the request said proration_behavior=none)
+          item.price = {
+            id: id('price'),
+            object: 'price',
+            active: true,
+            currency: u.currency,
+            unit_amount: u.unitAmount,
+            product: product.id,
+            type: 'recurring',
+            recurring: { interval: 'month', interval_count: 1 },
+            livemode: false,
+          };
+          names.set(item.price.id, product.name);
+        }
+      }
       if (update.cancelAtPeriodEnd !== undefined && update.cancelAtPeriodEnd !== sub.cancel_at_period_end) {
         previous.cancel_at_period_end = sub.cancel_at_period_end;
         sub.cancel_at_period_end = update.cancelAtPeriodEnd;

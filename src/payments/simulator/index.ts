@@ -1,7 +1,8 @@
 /**
  * The payments simulator: a real HTTP server that speaks the part of
- * Stripe's API Credence uses (Checkout, customers, subscriptions, charges,
- * refunds, invoices, events), reached through the official SDK's
+ * Stripe's API Credence uses (Checkout, customers, products, subscriptions
+ * and their items' prices, charges, refunds, invoices, events), reached
+ * through the official SDK's
  * `host`/`port`/`protocol` options. It serves a hosted checkout page,
  * POSTs signed webhooks that `stripe.webhooks.constructEvent` accepts,
  * and can deliver them twice or out of order from a seeded random stream.

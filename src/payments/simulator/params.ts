@@ -133,13 +133,69 @@ export function customerInput(form: FormObject) {
   return { email: str(form.email) || null, name: str(form.name) || null, metadata: metadata(form.metadata) ?? {} };
 }
 
+/** A subscription item's new price (`items[i][id]` with `items[i][price_data]`). */
+export interface ItemPriceUpdate {
+  id: string;
+  currency: string;
+  product: string;
+  unitAmount: number;
+}
+
+function itemUpdate(value: FormValue, i: number): ItemPriceUpdate {
+  const at = `items[${i}]`;
+  const item = obj(value);
+  if (item === undefined) throw invalid(at, `Invalid object: ${at}`);
+  only(item, ['id', 'price_data'], at);
+  const id = str(item.id);
+  // the simulator changes existing items' prices; it does not add items
+  if (id === undefined || id === '') throw missing(`${at}[id]`);
+  const data = obj(item.price_data);
+  if (data === undefined) throw missing(`${at}[price_data]`);
+  only(data, ['currency', 'product', 'unit_amount', 'recurring'], `${at}[price_data]`);
+  const currency = str(data.currency)?.toLowerCase();
+  if (currency === undefined || currency === '') throw missing(`${at}[price_data][currency]`);
+  if (!/^[a-z]{3}$/.test(currency)) throw invalid(`${at}[price_data][currency]`, `Invalid currency: ${currency}`);
+  const product = str(data.product);
+  if (product === undefined || product === '') throw missing(`${at}[price_data][product]`);
+  if (data.unit_amount === undefined) throw missing(`${at}[price_data][unit_amount]`);
+  const unitAmount = integer(data.unit_amount);
+  if (unitAmount === undefined) throw invalid(`${at}[price_data][unit_amount]`, `Invalid integer: ${String(str(data.unit_amount))}`);
+  const recurring = obj(data.recurring);
+  if (recurring === undefined) throw missing(`${at}[price_data][recurring]`);
+  only(recurring, ['interval', 'interval_count'], `${at}[price_data][recurring]`);
+  if (str(recurring.interval) !== 'month' || (recurring.interval_count !== undefined && recurring.interval_count !== '1'))
+    throw invalid(`${at}[price_data][recurring][interval]`, 'The simulator bills monthly only: recurring[interval]=month.');
+  return { id, currency, product, unitAmount };
+}
+
 export function subscriptionUpdate(form: FormObject) {
-  only(form, ['cancel_at_period_end', 'metadata']);
+  only(form, ['cancel_at_period_end', 'metadata', 'items', 'proration_behavior']);
   const cancelAtPeriodEnd = form.cancel_at_period_end === undefined ? undefined : bool(form.cancel_at_period_end);
   if (form.cancel_at_period_end !== undefined && cancelAtPeriodEnd === undefined)
     throw invalid('cancel_at_period_end', 'Invalid boolean: cancel_at_period_end');
+  let items: ItemPriceUpdate[] | undefined;
+  if (form.items !== undefined) {
+    const given = list(form.items);
+    if (given === undefined) throw invalid('items', 'Invalid array: items');
+    items = given.map((v, i) => itemUpdate(v, i));
+  }
+  const proration = str(form.proration_behavior);
+  if (proration !== undefined && !['none', 'create_prorations', 'always_invoice'].includes(proration))
+    throw invalid('proration_behavior', `Invalid proration_behavior: ${proration}`);
+  // Stripe prorates a price change by default; the simulator does not prorate, so it asks to be told
+  if (items !== undefined && proration !== 'none')
+    throw invalid('proration_behavior', 'The simulator does not prorate: change prices with proration_behavior=none.');
   // `metadata=''` unsets every key; `metadata[k]=''` unsets one (see mergeMetadata).
-  return { cancelAtPeriodEnd, metadata: form.metadata === '' ? null : metadata(form.metadata) };
+  return { cancelAtPeriodEnd, metadata: form.metadata === '' ? null : metadata(form.metadata), items };
+}
+
+export function productInput(form: FormObject): { id: string | undefined; name: string; metadata: Metadata } {
+  only(form, ['id', 'name', 'metadata']);
+  const id = str(form.id);
+  if (id !== undefined && !/^[A-Za-z0-9_-]{1,200}$/.test(id)) throw invalid('id', `Invalid product id: ${id}`);
+  const name = str(form.name);
+  if (name === undefined || name === '') throw missing('name');
+  return { id, name, metadata: metadata(form.metadata) ?? {} };
 }
 
 export function refundInput(form: FormObject): RefundInput {

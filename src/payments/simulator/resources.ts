@@ -25,6 +25,13 @@ export interface Customer extends Base {
   metadata: Metadata;
 }
 
+export interface Product extends Base {
+  object: 'product';
+  active: true;
+  name: string;
+  metadata: Metadata;
+}
+
 export interface Price {
   id: string;
   object: 'price';

@@ -18,6 +18,7 @@ import {
   must,
   noSuch,
   type PaymentIntent,
+  type Product,
   type Refund,
   type StripeEvent,
   type StripeObject,
@@ -51,6 +52,7 @@ export interface Store {
   disputes: Map<string, Dispute>;
   subscriptions: Map<string, Subscription>;
   invoices: Map<string, Invoice>;
+  products: Map<string, Product>;
   events: Map<string, StripeEvent>;
 }
 
@@ -79,6 +81,7 @@ export function createWorld(options: { baseUrl: string; random: () => number; on
     disputes: new Map(),
     subscriptions: new Map(),
     invoices: new Map(),
+    products: new Map(),
     events: new Map(),
   };
   const extras = new Map<string, SessionExtra>();
@@ -106,6 +109,16 @@ export function createWorld(options: { baseUrl: string; random: () => number; on
     const customer: Customer = { id: id('cus', 14), object: 'customer', livemode: false, created: now(), ...fields };
     store.customers.set(customer.id, customer);
     return customer;
+  }
+
+  /** A product, under the caller's id if it gives one (Stripe refuses an id already taken). */
+  function createProduct(fields: { id: string | undefined; name: string; metadata: Metadata }): Product {
+    if (fields.id !== undefined && store.products.has(fields.id)) {
+      throw new StripeSimError(400, 'resource_already_exists', `Product already exists.`, 'id');
+    }
+    const product: Product = { id: fields.id ?? id('prod', 14), object: 'product', livemode: false, created: now(), active: true, name: fields.name, metadata: fields.metadata };
+    store.products.set(product.id, product);
+    return product;
   }
 
   /** A succeeded payment intent and its charge. */
@@ -282,6 +295,7 @@ export function createWorld(options: { baseUrl: string; random: () => number; on
     events: () => log.map((e) => structuredClone(e)),
     lines: (sessionId: string) => extras.get(sessionId)?.lines ?? [],
     createCustomer,
+    createProduct,
     createSession,
     pay,
     settle,
