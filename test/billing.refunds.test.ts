@@ -143,4 +143,35 @@ describe('refunds of subscription invoices', () => {
     expect(await account()).toMatchObject({ allowance: 75, purchased: before.purchased, debt: 0 });
     expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
   }, 30_000);
+
+  it("what a period left unused is what its renewal expired, not an older reservation's release", async () => {
+    const actor = { type: 'system' as const, id: 'test' };
+    const org = p.tenant.organizationId;
+    const reserveFromAllowance = async (key: string, amount: number) =>
+      (await credits.reserve(p.tdb.db, { organizationId: org, items: [{ messageId: key, amount }], idempotencyKey: key, actor })).reserved[0]!.reservation_id;
+    // in flight across a renewal: its allowance part will expire when it is released
+    const inFlight = await reserveFromAllowance('across-renewal', 10);
+    const paidBefore = invoiceCharges().length;
+    await sim().advanceClock();
+    await sim().flush();
+    await eventually(async () => (invoiceCharges().length === paidBefore + 1 && (await account()).allowance === 100 ? true : undefined), 10_000, 'renewed');
+    const period = invoiceCharges().at(-1)!;
+    // during this period: the older reservation released (an expiry entry of 10), 40 spent
+    await credits.release(p.tdb.db, { organizationId: org, reservationIds: [inFlight], idempotencyKey: 'release-across', actor });
+    await reserveFromAllowance('this-period', 40);
+    expect((await account()).allowance).toBe(60);
+    await sim().advanceClock(); // 60 of this period expire
+    await sim().flush();
+    await eventually(async () => (invoiceCharges().length === paidBefore + 2 && (await account()).allowance === 100 ? true : undefined), 10_000, 'renewed again');
+
+    const before = await account();
+    await sim().refund(period.charge);
+    await sim().flush();
+    // 40 were used of that period, not 90
+    await eventually(async () => ((await invoicePayment(period.invoice))?.credits_clawed_back === 40 ? true : undefined), 10_000, 'the clawback');
+    const after = await account();
+    expect(before.purchased - after.purchased + (after.debt - before.debt)).toBe(40);
+    expect(after.allowance).toBe(before.allowance);
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  }, 30_000);
 });

@@ -152,6 +152,13 @@ describe('subscriptions on the simulated clock', () => {
     expect(first).toMatchObject({ subscription: sub.id, amount_paid: 4_900, status: 'paid', billing_reason: 'subscription_create' });
     expect(first.lines.data[0]!.period).toEqual({ start: period.current_period_start, end: period.current_period_end });
     expect(first.charge).toMatch(/^ch_/);
+    // since API 2025-03-31 the invoice's payment intent is found through its invoice payments
+    const payments = await stripe.invoicePayments.list({ invoice: first.id!, status: 'paid' });
+    expect(payments.data).toEqual([
+      expect.objectContaining({ object: 'invoice_payment', invoice: first.id, status: 'paid', amount_paid: 4_900, payment: { type: 'payment_intent', payment_intent: first.payment_intent } }),
+    ]);
+    expect((await stripe.invoicePayments.list({ invoice: first.id!, status: 'open' })).data).toEqual([]);
+    await expect(stripe.invoicePayments.list({ invoice: 'in_nope' })).rejects.toMatchObject({ statusCode: 400, param: 'invoice' });
     expect((await stripe.invoices.retrieve(first.id!)).parent?.subscription_details?.metadata).toEqual({ org: 'org_s', plan: 'growth' });
 
     await sim.advanceClock();

@@ -100,9 +100,17 @@ export function preparingPool(pool: pg.Pool, options: PoolOptions = {}): Postgre
       const client = await pool.connect();
       const run = async <R>(text: string, parameters: readonly unknown[]): Promise<PostgresQueryResult<R>> => {
         if (begin !== undefined && text === 'begin') {
-          // two statements, two results: Kysely reads the first, as it would for `begin`
-          const results = (await client.query(begin)) as unknown as PostgresQueryResult<R>[];
-          return results[0]!;
+          try {
+            // two statements, two results: Kysely reads the first, as it would for `begin`
+            const results = (await client.query(begin)) as unknown as PostgresQueryResult<R>[];
+            return results[0]!;
+          } catch (err) {
+            // `begin` may have run and `set local` failed (a cancel between them): Kysely
+            // does not roll back a transaction it never saw begin, so the connection would
+            // go back to the pool inside a failed transaction
+            await client.query('rollback').catch(() => {});
+            throw err;
+          }
         }
         const values = [...parameters];
         const name = names.nameFor(text);

@@ -1,6 +1,6 @@
 import { sql } from 'kysely';
 import * as credits from '../credits/index.ts';
-import type { Tx } from '../db/db.ts';
+import type { DbOrTx, Tx } from '../db/db.ts';
 import * as messaging from '../messaging/index.ts';
 import { type BillingDeps, creditsArrived, fulfillSession, syncSubscription } from './billing.ts';
 import { applyRefund } from './refunds.ts';
@@ -74,19 +74,17 @@ export async function handleStripeEvent(deps: BillingDeps, event: PaymentEvent):
   return handled ? 'processed' : 'ignored';
 }
 
-/** An invoice's payment intent: `payment_intent` before API 2025-03-31, its first payment's since. */
-function invoicePaymentIntent(invoice: Record<string, unknown>): string | null {
-  const payments = (invoice.payments as { data?: { payment?: Record<string, unknown> }[] } | null | undefined)?.data ?? [];
-  const payment = payments[0]?.payment;
-  return (payment ? str(payment, 'payment_intent') : null) ?? str(invoice, 'payment_intent');
-}
-
 /**
  * A renewal (or the first period): the plan's allowance replaces the
  * previous one, once per invoice. A paid invoice's charge is recorded with
  * what it bought (`invoice_payments`), so that a refund or a lost dispute
- * takes the same share back; a refund made before this event is applied
- * here.
+ * takes the same share back.
+ *
+ * The record is committed first, then Stripe is asked how much of the
+ * charge was refunded already: a `charge.refunded` handled before that
+ * commit found no record and did nothing, and its refund is in the answer;
+ * one handled after it finds the record. In the second transaction the
+ * record is locked before the account (the order a refund takes).
  */
 async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>): Promise<void> {
   const subId = invoiceSubscription(invoice);
@@ -99,30 +97,35 @@ async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>):
   const lines = (invoice.lines as { data?: { period?: { start?: number; end?: number } }[] } | undefined)?.data ?? [];
   const periodStart = lines[0]?.period?.start ?? num(invoice, 'period_start');
   const period = `${subId}:${periodStart}`;
-  const paymentIntent = num(invoice, 'amount_paid') > 0 ? invoicePaymentIntent(invoice) : null;
+  const invoiceId = String(invoice.id);
+  const amount = plan?.monthlyCredits ?? 0;
+  // An older invoice arriving late must not replace a newer period's allowance.
+  const renews = async (db: DbOrTx) => {
+    const { rows } = await sql<{ renewed: string | null }>`select max(allowance_period_start)::text as renewed from credit_accounts where organization_id = ${org}`.execute(db);
+    return periodStart * 1000 >= (rows[0]?.renewed ? Date.parse(rows[0].renewed) : 0);
+  };
+  const paymentIntent = num(invoice, 'amount_paid') > 0 ? await deps.payments.invoicePaymentIntent(invoiceId) : null;
+  if (paymentIntent !== null) {
+    await sql`insert into invoice_payments (payment_intent, invoice_id, organization_id, amount, currency, allowance, allowance_period)
+      values (${paymentIntent}, ${invoiceId}, ${org}, ${num(invoice, 'amount_paid')}, ${str(invoice, 'currency') ?? 'eur'},
+        ${(await renews(deps.db)) ? amount : 0}, ${period})
+      on conflict do nothing`.execute(deps.db);
+  }
   const refundedSoFar = paymentIntent !== null ? await deps.payments.refundedAmount(paymentIntent) : 0;
   await deps.db.transaction().execute(async (trx) => {
-    // An older invoice arriving late must not replace a newer period's allowance.
-    const { rows } = await sql<{ renewed: string | null }>`select max(allowance_period_start)::text as renewed from credit_accounts where organization_id = ${org}`.execute(trx);
-    const renewed = rows[0]?.renewed ? Date.parse(rows[0].renewed) : 0;
-    let granted = 0;
-    if (periodStart * 1000 >= renewed) {
-      const renewal = await credits.renewAllowance(trx, {
+    if (paymentIntent !== null) await sql`select 1 from invoice_payments where payment_intent = ${paymentIntent} for update`.execute(trx);
+    if (await renews(trx)) {
+      await credits.renewAllowance(trx, {
         organizationId: org,
-        amount: plan?.monthlyCredits ?? 0,
+        amount,
         period,
         periodStart: new Date(periodStart * 1000),
-        idempotencyKey: `invoice:${String(invoice.id)}`,
+        idempotencyKey: `invoice:${invoiceId}`,
         actor: system,
       });
-      granted = renewal.granted;
       await creditsArrived(trx, org);
     }
-    if (paymentIntent === null) return;
-    await sql`insert into invoice_payments (payment_intent, invoice_id, organization_id, amount, currency, allowance, allowance_period)
-      values (${paymentIntent}, ${String(invoice.id)}, ${org}, ${num(invoice, 'amount_paid')}, ${str(invoice, 'currency') ?? 'eur'}, ${granted}, ${period})
-      on conflict do nothing`.execute(trx);
-    if (refundedSoFar > 0) await applyRefund(trx, paymentIntent, refundedSoFar);
+    if (paymentIntent !== null && refundedSoFar > 0) await applyRefund(trx, paymentIntent, refundedSoFar);
   });
 }
 

@@ -48,6 +48,8 @@ export interface Payments {
   getSubscription(id: string): Promise<SubscriptionView>;
   /** How much of a payment has been refunded so far (a refund can come before fulfilment). */
   refundedAmount(paymentIntent: string): Promise<number>;
+  /** The payment intent that paid an invoice (its paid invoice payment), if any. */
+  invoicePaymentIntent(invoiceId: string): Promise<string | null>;
   /** A charge's customer and payment intent (disputes on subscription charges carry only the charge). */
   getCharge(id: string): Promise<{ customer: string | null; paymentIntent: string | null }>;
   /**

@@ -85,14 +85,18 @@ async function applyInvoiceRefund(trx: Tx, paymentIntent: string, amountRefunded
  * How much of an ended period's allowance was used (or otherwise taken):
  * what its renewal granted less what expired at the next renewal. Entries
  * of one renewal are written expiry first, and a renewal that found nothing
- * left writes no expiry.
+ * left writes no expiry. A reservation released after the renewal also
+ * writes an `allowance_expiry` (its allowance part does not come back), but
+ * with its reservation id: not this one. Credits still reserved when the
+ * period ended count as used, even if one of them is released later (an
+ * overstatement bounded by what was in flight at the renewal).
  */
 async function allowanceUsed(trx: Tx, inv: InvoicePaymentRow): Promise<number> {
   const key = `invoice:${inv.invoice_id}`;
   const { rows } = await sql<{ granted: number; expired: number }>`
     select r.allowance_delta as granted, coalesce((
       select -e.allowance_delta from ledger_entries e
-      where e.organization_id = r.organization_id and e.kind = 'allowance_expiry' and e.seq > r.seq
+      where e.organization_id = r.organization_id and e.kind = 'allowance_expiry' and e.reservation_id is null and e.seq > r.seq
         and e.seq < coalesce((select min(n.seq) from ledger_entries n
           where n.organization_id = r.organization_id and n.kind = 'allowance_renewal' and n.seq > r.seq), 9223372036854775807)
       order by e.seq limit 1), 0)::bigint as expired

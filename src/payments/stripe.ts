@@ -81,6 +81,15 @@ export function createStripePayments(options: StripeOptions): Payments {
       if (charge === null) return 0;
       return (await stripe.charges.retrieve(charge)).amount_refunded ?? 0;
     },
+    async invoicePaymentIntent(invoiceId: string) {
+      // since API 2025-03-31 an invoice names no payment intent: its invoice payments do
+      const payments = await stripe.invoicePayments.list({ invoice: invoiceId, status: 'paid', limit: 10 });
+      for (const p of payments.data) {
+        const intent = p.payment.type === 'payment_intent' ? idOf(p.payment.payment_intent ?? null) : null;
+        if (intent !== null) return intent;
+      }
+      return null;
+    },
     async getCharge(id: string) {
       const c = await stripe.charges.retrieve(id);
       return { customer: idOf(c.customer), paymentIntent: idOf(c.payment_intent) };

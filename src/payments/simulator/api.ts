@@ -4,7 +4,7 @@
  * idempotency keys are the HTTP layer's (server.ts).
  */
 import type { FormObject } from './form.ts';
-import { customerInput, only, productInput, refundInput, sessionInput, subscriptionUpdate } from './params.ts';
+import { customerInput, invoicePaymentsQuery, only, productInput, refundInput, sessionInput, subscriptionUpdate } from './params.ts';
 import { must, StripeSimError } from './resources.ts';
 import type { World } from './world.ts';
 
@@ -48,6 +48,7 @@ const ROUTES: [string, RegExp, Handler][] = [
   ['POST', /^\/v1\/refunds$/, (w, _id, f) => w.refund(refundInput(f))],
   ['GET', /^\/v1\/refunds\/([^/]+)$/, (w, id) => must(w.store.refunds, id, 'refund')],
   ['GET', /^\/v1\/disputes\/([^/]+)$/, (w, id) => must(w.store.disputes, id, 'dispute')],
+  ['GET', /^\/v1\/invoice_payments$/, (w, _id, f) => w.invoicePayments(invoicePaymentsQuery(f))],
   ['GET', /^\/v1\/invoices\/([^/]+)$/, (w, id) => must(w.store.invoices, id, 'invoice')],
   ['GET', /^\/v1\/events\/([^/]+)$/, (w, id) => must(w.store.events, id, 'event')],
 ];

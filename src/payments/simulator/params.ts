@@ -213,3 +213,10 @@ export function refundInput(form: FormObject): RefundInput {
     metadata: metadata(form.metadata),
   };
 }
+
+export function invoicePaymentsQuery(form: FormObject): { invoice: string | undefined; status: string | undefined } {
+  only(form, ['invoice', 'status', 'limit', 'starting_after', 'ending_before']);
+  const status = str(form.status);
+  if (status !== undefined && !['open', 'paid', 'canceled'].includes(status)) throw invalid('status', `Invalid status: ${status}`);
+  return { invoice: str(form.invoice) || undefined, status };
+}

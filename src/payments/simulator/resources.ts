@@ -185,6 +185,22 @@ export interface Invoice extends Base {
   lines: { object: 'list'; data: InvoiceLine[]; has_more: false; total_count: number; url: string };
 }
 
+/** A payment toward an invoice (`GET /v1/invoice_payments`): since API 2025-03-31, where an invoice's payment intent is found. */
+export interface InvoicePayment {
+  id: string;
+  object: 'invoice_payment';
+  livemode: false;
+  created: number;
+  amount_paid: number | null;
+  amount_requested: number;
+  currency: string;
+  invoice: string;
+  is_default: true;
+  payment: { type: 'payment_intent'; payment_intent: string };
+  status: 'open' | 'paid';
+  status_transitions: { paid_at: number | null; canceled_at: null };
+}
+
 export type StripeObject = Customer | CheckoutSession | PaymentIntent | Charge | Refund | Dispute | Subscription | Invoice;
 
 export interface StripeEvent {

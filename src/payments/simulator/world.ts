@@ -12,6 +12,7 @@ import {
   type Dispute,
   idMaker,
   type Invoice,
+  type InvoicePayment,
   type LineItem,
   list,
   type Metadata,
@@ -119,6 +120,32 @@ export function createWorld(options: { baseUrl: string; random: () => number; on
     const product: Product = { id: fields.id ?? id('prod', 14), object: 'product', livemode: false, created: now(), active: true, name: fields.name, metadata: fields.metadata };
     store.products.set(product.id, product);
     return product;
+  }
+
+  /** The payments toward invoices (each paid invoice has one, its default), newest first. */
+  function invoicePayments(query: { invoice: string | undefined; status: string | undefined }) {
+    if (query.invoice !== undefined) must(store.invoices, query.invoice, 'invoice', 'invoice');
+    const data: InvoicePayment[] = [];
+    for (const inv of [...store.invoices.values()].reverse()) {
+      if (inv.payment_intent === null || (query.invoice !== undefined && inv.id !== query.invoice)) continue;
+      const status = inv.status === 'paid' ? 'paid' : 'open';
+      if (query.status !== undefined && query.status !== status) continue;
+      data.push({
+        id: `inpay_${inv.id.slice(3)}`,
+        object: 'invoice_payment',
+        livemode: false,
+        created: inv.created,
+        amount_paid: status === 'paid' ? inv.amount_paid : null,
+        amount_requested: inv.amount_due,
+        currency: inv.currency,
+        invoice: inv.id,
+        is_default: true,
+        payment: { type: 'payment_intent', payment_intent: inv.payment_intent },
+        status,
+        status_transitions: { paid_at: status === 'paid' ? inv.created : null, canceled_at: null },
+      });
+    }
+    return list(data, '/v1/invoice_payments');
   }
 
   /** A succeeded payment intent and its charge. */
@@ -297,6 +324,7 @@ export function createWorld(options: { baseUrl: string; random: () => number; on
     createCustomer,
     createProduct,
     createSession,
+    invoicePayments,
     pay,
     settle,
     expire,
