@@ -87,7 +87,7 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
     deps.log.error({ session_id: sessionId }, 'checkout session metadata does not match its organization');
     return 'unknown_session';
   }
-  return deps.db.transaction().execute(async (trx) => {
+  const result = await deps.db.transaction().execute(async (trx): Promise<FulfillResult> => {
     // Subscription writes are serialised per subscription, each with a read of Stripe taken under the lock.
     if (session.subscription !== null) await lockSubscription(trx, session.subscription);
     const sub = session.subscription !== null ? await deps.payments.getSubscription(session.subscription) : undefined;
@@ -113,6 +113,17 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
       stripe_subscription_id = ${session.subscription} where id = ${sessionId}`.execute(trx);
     return 'fulfilled';
   });
+  if (result === 'fulfilled' && known[0].kind === 'pack' && session.paymentIntent !== null) {
+    // A `charge.refunded` handled after the read above and before that commit found no
+    // payment to act on; asked again now, Stripe's answer holds it (a refund after this
+    // read finds the payment recorded). Refunds keep the highest amount: nothing twice.
+    const refundedNow = await deps.payments.refundedAmount(session.paymentIntent);
+    if (refundedNow > refundedSoFar) {
+      const pi = session.paymentIntent;
+      await deps.db.transaction().execute((trx) => applyRefund(trx, pi, refundedNow));
+    }
+  }
+  return result;
 }
 
 /** A session Stripe has but we never recorded: rebuilt from its metadata and the catalog, or false. */
