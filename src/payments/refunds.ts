@@ -18,20 +18,40 @@ export async function applyRefund(trx: Tx, paymentIntent: string | null, amountR
   const p = rows[0];
   if (p === undefined) return applyInvoiceRefund(trx, paymentIntent, amountRefunded);
   const refundedAmount = Math.max(p.refunded_amount, Math.min(p.amount, amountRefunded));
-  const target = clawbackCredits(p.credits, p.amount, refundedAmount);
-  const delta = target - p.credits_clawed_back;
+  await takeBack(trx, 'payments', {
+    paymentIntent,
+    organizationId: p.organization_id,
+    refundedAmount,
+    target: clawbackCredits(p.credits, p.amount, refundedAmount),
+    clawedBack: p.credits_clawed_back,
+    reason: `refund: ${refundedAmount} of ${p.amount} refunded`,
+  });
+}
+
+/**
+ * Take back what a payment's refunds now call for beyond what was taken
+ * (`target` − `clawedBack`), and record the refunded amount and the total
+ * taken on the payment's row.
+ */
+async function takeBack(
+  trx: Tx,
+  table: 'payments' | 'invoice_payments',
+  t: { paymentIntent: string; organizationId: string; refundedAmount: number; target: number; clawedBack: number; reason: string; allowancePeriod?: string },
+): Promise<void> {
+  const delta = t.target - t.clawedBack;
   if (delta > 0) {
     await credits.clawback(trx, {
-      organizationId: p.organization_id,
+      organizationId: t.organizationId,
       amount: delta,
-      paymentRef: paymentIntent,
-      reason: `refund: ${refundedAmount} of ${p.amount} refunded`,
-      idempotencyKey: `refund:${paymentIntent}:${target}`,
+      paymentRef: t.paymentIntent,
+      reason: t.reason,
+      idempotencyKey: `refund:${t.paymentIntent}:${t.target}`,
       actor: system,
+      ...(t.allowancePeriod !== undefined && { allowancePeriod: t.allowancePeriod }),
     });
   }
-  await sql`update payments set refunded_amount = ${refundedAmount}, credits_clawed_back = greatest(credits_clawed_back, ${target})
-    where payment_intent = ${paymentIntent}`.execute(trx);
+  await sql`update ${sql.table(table)} set refunded_amount = ${t.refundedAmount}, credits_clawed_back = greatest(credits_clawed_back, ${t.target})
+    where payment_intent = ${t.paymentIntent}`.execute(trx);
 }
 
 interface InvoicePaymentRow {
@@ -64,21 +84,15 @@ async function applyInvoiceRefund(trx: Tx, paymentIntent: string, amountRefunded
   const current = acc[0]?.allowance_period === inv.allowance_period;
   let target = clawbackCredits(inv.allowance, inv.amount, refundedAmount);
   if (!current) target = Math.min(target, await allowanceUsed(trx, inv));
-  target = Math.max(target, inv.credits_clawed_back);
-  const delta = target - inv.credits_clawed_back;
-  if (delta > 0) {
-    await credits.clawback(trx, {
-      organizationId: inv.organization_id,
-      amount: delta,
-      paymentRef: paymentIntent,
-      reason: `refund of invoice ${inv.invoice_id}: ${refundedAmount} of ${inv.amount} refunded`,
-      idempotencyKey: `refund:${paymentIntent}:${target}`,
-      actor: system,
-      allowancePeriod: inv.allowance_period,
-    });
-  }
-  await sql`update invoice_payments set refunded_amount = ${refundedAmount}, credits_clawed_back = greatest(credits_clawed_back, ${target})
-    where payment_intent = ${paymentIntent}`.execute(trx);
+  await takeBack(trx, 'invoice_payments', {
+    paymentIntent,
+    organizationId: inv.organization_id,
+    refundedAmount,
+    target: Math.max(target, inv.credits_clawed_back),
+    clawedBack: inv.credits_clawed_back,
+    reason: `refund of invoice ${inv.invoice_id}: ${refundedAmount} of ${inv.amount} refunded`,
+    allowancePeriod: inv.allowance_period,
+  });
 }
 
 /**

@@ -51,6 +51,17 @@ function nested(form: FormObject, param: string, known: readonly string[]): Meta
   return metadata(o.metadata, `${param}[metadata]`) ?? null;
 }
 
+/** `<at>[price_data][currency]` and `[unit_amount]`, checked as Stripe checks them. */
+function priceAmount(data: FormObject, at: string): { currency: string; unitAmount: number } {
+  const currency = str(data.currency)?.toLowerCase();
+  if (currency === undefined || currency === '') throw missing(`${at}[price_data][currency]`);
+  if (!/^[a-z]{3}$/.test(currency)) throw invalid(`${at}[price_data][currency]`, `Invalid currency: ${currency}`);
+  if (data.unit_amount === undefined) throw missing(`${at}[price_data][unit_amount]`);
+  const unitAmount = integer(data.unit_amount);
+  if (unitAmount === undefined) throw invalid(`${at}[price_data][unit_amount]`, `Invalid integer: ${String(str(data.unit_amount))}`);
+  return { currency, unitAmount };
+}
+
 function lineItem(value: FormValue, i: number, mode: SessionInput['mode']): SessionInput['lines'][number] {
   const at = `line_items[${i}]`;
   const item = obj(value);
@@ -61,12 +72,7 @@ function lineItem(value: FormValue, i: number, mode: SessionInput['mode']): Sess
   const data = obj(item.price_data);
   if (data === undefined) throw missing(`${at}[price_data]`);
   only(data, ['currency', 'unit_amount', 'product_data', 'recurring'], `${at}[price_data]`);
-  const currency = str(data.currency)?.toLowerCase();
-  if (currency === undefined || currency === '') throw missing(`${at}[price_data][currency]`);
-  if (!/^[a-z]{3}$/.test(currency)) throw invalid(`${at}[price_data][currency]`, `Invalid currency: ${currency}`);
-  if (data.unit_amount === undefined) throw missing(`${at}[price_data][unit_amount]`);
-  const unitAmount = integer(data.unit_amount);
-  if (unitAmount === undefined) throw invalid(`${at}[price_data][unit_amount]`, `Invalid integer: ${String(str(data.unit_amount))}`);
+  const { currency, unitAmount } = priceAmount(data, at);
   const product = obj(data.product_data);
   if (product === undefined) throw missing(`${at}[price_data][product_data]`);
   only(product, ['name', 'description', 'metadata'], `${at}[price_data][product_data]`);
@@ -152,14 +158,9 @@ function itemUpdate(value: FormValue, i: number): ItemPriceUpdate {
   const data = obj(item.price_data);
   if (data === undefined) throw missing(`${at}[price_data]`);
   only(data, ['currency', 'product', 'unit_amount', 'recurring'], `${at}[price_data]`);
-  const currency = str(data.currency)?.toLowerCase();
-  if (currency === undefined || currency === '') throw missing(`${at}[price_data][currency]`);
-  if (!/^[a-z]{3}$/.test(currency)) throw invalid(`${at}[price_data][currency]`, `Invalid currency: ${currency}`);
+  const { currency, unitAmount } = priceAmount(data, at);
   const product = str(data.product);
   if (product === undefined || product === '') throw missing(`${at}[price_data][product]`);
-  if (data.unit_amount === undefined) throw missing(`${at}[price_data][unit_amount]`);
-  const unitAmount = integer(data.unit_amount);
-  if (unitAmount === undefined) throw invalid(`${at}[price_data][unit_amount]`, `Invalid integer: ${String(str(data.unit_amount))}`);
   const recurring = obj(data.recurring);
   if (recurring === undefined) throw missing(`${at}[price_data][recurring]`);
   only(recurring, ['interval', 'interval_count'], `${at}[price_data][recurring]`);
