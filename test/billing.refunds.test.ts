@@ -173,4 +173,30 @@ describe('refunds of subscription invoices', () => {
     expect(after.allowance).toBe(before.allowance);
     expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
   }, 30_000);
+
+  it('an invoice grants the plan it billed, even when the plan changed before its invoice.paid was handled', async () => {
+    const org = p.tenant.organizationId;
+    const plan = async (item: string) => {
+      const res = await p.app.inject({ method: 'POST', url: `/v1/organizations/${org}/plan`, headers: bearer(p.op), payload: { plan: item, reason: 'test' } });
+      expect(res.statusCode, res.body).toBe(200);
+    };
+    sim().setWebhookUrl(undefined);
+    await sim().advanceClock(); // billed as Pro (€9.00), its event not delivered yet
+    const paid = sim()
+      .events()
+      .filter((e) => e.type === 'invoice.paid')
+      .at(-1)!;
+    expect((paid.data.object as unknown as { amount_paid: number }).amount_paid).toBe(900);
+    sim().setWebhookUrl(`${p.apiUrl}/webhooks/stripe`);
+    await plan('ultra'); // billed from the next invoice on
+    expect(await postSigned(paid)).toBe(200);
+    expect((await account()).allowance).toBe(100);
+    const invoice = (paid.data.object as unknown as { id: string }).id;
+    expect(await invoicePayment(invoice)).toMatchObject({ allowance: 100 });
+
+    await sim().advanceClock(); // billed as Ultra
+    await sim().flush();
+    await eventually(async () => ((await account()).allowance === 500 ? true : undefined), 10_000, 'the Ultra allowance');
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  }, 30_000);
 });

@@ -93,7 +93,11 @@ async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>):
   const sub = await deps.payments.getSubscription(subId);
   const org = sub.metadata.organization_id;
   if (org === undefined) return;
-  const plan = deps.catalog.plans.find((p) => p.id === (sub.metadata.item ?? ''));
+  // the plan the invoice billed: the subscription's metadata as Stripe copied it onto the
+  // invoice when it was created (a plan change after that is the next invoice's)
+  const billed = (invoice.parent as { subscription_details?: { metadata?: Record<string, unknown> | null } } | null | undefined)?.subscription_details?.metadata;
+  const planId = (typeof billed?.item === 'string' ? billed.item : undefined) ?? sub.metadata.item ?? '';
+  const plan = deps.catalog.plans.find((p) => p.id === planId);
   const lines = (invoice.lines as { data?: { period?: { start?: number; end?: number } }[] } | undefined)?.data ?? [];
   const periodStart = lines[0]?.period?.start ?? num(invoice, 'period_start');
   const period = `${subId}:${periodStart}`;
