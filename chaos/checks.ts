@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { sql } from 'kysely';
 import { DateTime } from 'luxon';
 import type { SimMessage } from '../src/carriers/simulator/resources.ts';
+import { clawbackCredits } from '../src/payments/catalog.ts';
 import { call, type Records, sampleBalances, type World } from './driver.ts';
 import type { ChaosStack } from './stack.ts';
 
@@ -134,6 +135,23 @@ export async function checkLedger(stack: ChaosStack, ev: Evidence, world: World)
     const ok = spent === cost - refunds;
     if (!ok) mismatches++;
     lines.push(`${key}: carrier accepted ${cost} credits, refunded ${refunds} (ledger refunds ${row?.refunded ?? 0}); ledger spent ${spent} ${ok ? '= ' : '≠ '}${cost - refunds}`);
+  }
+  // Stripe refunds: every refunded payment's record holds Stripe's refunded amount (no
+  // refund event lost to duplicates, reordering or the restart), and a pack's clawback
+  // is its refunded share exactly (an invoice's is at most its share: after its period
+  // ended, only what was used of it is taken back)
+  const { rows: paid } = await sql<{ kind: string; payment_intent: string; amount: number; credits: number; refunded_amount: number; credits_clawed_back: number }>`
+    select 'pack' as kind, payment_intent, amount, credits, refunded_amount, credits_clawed_back from payments
+    union all select 'invoice', payment_intent, amount, allowance, refunded_amount, credits_clawed_back from invoice_payments`.execute(stack.db);
+  for (const p of paid) {
+    const { json } = await call(`${stack.paymentsUrl}/v1/payment_intents/${p.payment_intent}`, { key: stack.paymentsSecretKey });
+    const charge = json.latest_charge as string | null;
+    const refunded = charge === null ? 0 : ((await call(`${stack.paymentsUrl}/v1/charges/${charge}`, { key: stack.paymentsSecretKey })).json.amount_refunded as number);
+    if (refunded === 0 && p.refunded_amount === 0) continue;
+    const share = clawbackCredits(p.credits, p.amount, refunded);
+    const ok = p.refunded_amount === refunded && (p.kind === 'pack' ? p.credits_clawed_back === share : p.credits_clawed_back <= share);
+    if (!ok) mismatches++;
+    lines.push(`${p.kind} ${p.payment_intent}: Stripe refunded ${refunded} of ${p.amount}, recorded ${p.refunded_amount}; clawed back ${p.credits_clawed_back} of ${p.credits} credits (share ${share}) ${ok ? 'ok' : 'MISMATCH'}`);
   }
   const unexpected = [...ledgerRefunded].filter((id) => !expectedRefunded.has(id));
   const missing = [...expectedRefunded].filter((id) => !ledgerRefunded.has(id));

@@ -284,6 +284,22 @@ export async function perform(stack: ChaosStack, scenario: Scenario, world: Worl
       await call(`${stack.paymentsUrl}/_sim/disputes/${world.disputeId}/close`, { body: { outcome: 'won' } });
       return;
     }
+    case 'refund': {
+      // the organization's latest payment of that kind, as Credence recorded it; its charge, as Stripe has it
+      const org = orgOf(action.org);
+      const table = action.payment === 'invoice' ? sql`invoice_payments` : sql`payments`;
+      // read through PostgreSQL's restart, if one is under way
+      const paid = await eventually(`${action.org}'s latest ${action.payment} payment`, async () => {
+        const { rows } = await sql<{ payment_intent: string; amount: number }>`select payment_intent, amount from ${table}
+          where organization_id = ${org.id} order by created_at desc limit 1`.execute(stack.db);
+        return rows[0];
+      });
+      const { json } = await call(`${stack.paymentsUrl}/v1/payment_intents/${paid.payment_intent}`, { key: stack.paymentsSecretKey });
+      const charge = json.latest_charge as string | null;
+      if (charge === null) throw new Error(`payment ${paid.payment_intent} has no charge`);
+      await call(`${stack.paymentsUrl}/_sim/charges/${charge}/refund`, { body: { amount: Math.max(1, Math.round((paid.amount * action.percent) / 100)) } });
+      return;
+    }
     case 'operator_freeze': {
       const org = orgOf(action.org);
       await call(`${api}/v1/organizations/${org.id}/freeze`, { key: stack.opKey, body: { reason: 'chaos: operator freeze' } });
@@ -376,9 +392,11 @@ export async function heal(stack: ChaosStack, scenario: Scenario, world: World):
   for (const o of scenario.orgs) {
     const org = world.orgs.get(o.key)!;
     const audience = scenario.campaigns.filter((c) => scenario.workspaces.find((w) => w.key === c.workspace)!.org === o.key).reduce((n, c) => n + c.recipients, 0);
+    // a grant repays debt first (rollbacks and refunds may have left some)
+    const { rows } = await sql<{ debt: number }>`select coalesce(max(debt), 0)::bigint as debt from credit_accounts where organization_id = ${org.id}`.execute(stack.db);
     await call(`${stack.apiUrl}/v1/organizations/${org.id}/credits/grants`, {
       key: stack.opKey,
-      body: { amount: audience + scenario.scale.apiSends + 100, reason: 'chaos: credits to finish', idempotency_key: 'chaos-heal' },
+      body: { amount: audience + scenario.scale.apiSends + 100 + rows[0]!.debt, reason: 'chaos: credits to finish', idempotency_key: 'chaos-heal' },
     });
   }
   for (const c of world.campaigns.values()) {

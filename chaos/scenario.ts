@@ -94,7 +94,9 @@ export type Action =
   | { atMs: number; kind: 'workspace_enable'; workspace: string }
   | { atMs: number; kind: 'storm'; campaign: string; toggles: number }
   | { atMs: number; kind: 'stop'; campaign: string; seqs: number[] }
-  | { atMs: number; kind: 'api_send'; index: number; copies: number; concurrent: boolean };
+  | { atMs: number; kind: 'api_send'; index: number; copies: number; concurrent: boolean }
+  /** Part of an organization's latest payment refunded at Stripe: a pack's charge, or a subscription invoice's. */
+  | { atMs: number; kind: 'refund'; org: OrgKey; payment: 'pack' | 'invoice'; percent: number };
 
 export interface Scenario {
   seed: number;
@@ -195,6 +197,9 @@ export function planScenario(seed: number, scale: Scale): Scenario {
     actions.push({ atMs: at(0.05, 0.5), kind: 'stop', campaign: c.key, seqs: [...new Set(seqs)].sort((a, b) => a - b) });
   }
   for (let i = 0; i < scale.apiSends; i++) actions.push({ atMs: at(0, 0.95), kind: 'api_send', index: i, copies: between(2, 3), concurrent: random() < 0.5 });
+  // refunds, drawn last so that the schedule above stays what it was for a seed
+  actions.push({ atMs: at(0.3, 0.8), kind: 'refund', org: 'bloom', payment: 'invoice', percent: between(10, 60) });
+  actions.push({ atMs: at(0.3, 0.8), kind: 'refund', org: 'acme', payment: 'pack', percent: between(10, 60) });
   actions.sort((a, b) => a.atMs - b.atMs);
 
   return {

@@ -19,10 +19,12 @@ describe('chaos scenario', () => {
       expect(permanent).toBeGreaterThanOrEqual(0.01);
       expect(s.faults.dropAfterAccept).toBeGreaterThanOrEqual(0.01);
       const kinds = new Set(s.actions.map((a) => a.kind));
-      for (const k of ['kill_worker', 'pg_restart', 'outage', 'purchase', 'renewal', 'rollback', 'subscription_cancel', 'subscription_reactivate', 'dispute_open', 'dispute_close', 'operator_freeze', 'operator_unfreeze', 'storm', 'stop', 'api_send'] as const) {
+      for (const k of ['kill_worker', 'pg_restart', 'outage', 'purchase', 'renewal', 'rollback', 'subscription_cancel', 'subscription_reactivate', 'dispute_open', 'dispute_close', 'operator_freeze', 'operator_unfreeze', 'storm', 'stop', 'api_send', 'refund'] as const) {
         expect(kinds.has(k), `${scale.name}: ${k}`).toBe(true);
       }
       expect(s.actions.filter((a) => a.kind === 'pg_restart')).toHaveLength(1);
+      // a pack and a subscription invoice are refunded in part
+      expect(s.actions.filter((a) => a.kind === 'refund').map((a) => a.kind === 'refund' && a.payment)).toEqual(expect.arrayContaining(['pack', 'invoice']));
       expect(s.actions.filter((a) => a.kind === 'outage')).toEqual([expect.objectContaining({ durationMs: 20_000 })]);
       // kills every few seconds through the whole window
       const kills = s.actions.filter((a) => a.kind === 'kill_worker').map((a) => a.atMs);
