@@ -199,4 +199,27 @@ describe('refunds of subscription invoices', () => {
     await eventually(async () => ((await account()).allowance === 500 ? true : undefined), 10_000, 'the Ultra allowance');
     expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
   }, 30_000);
+
+  it('a lost dispute whose events name no payment intent still claws back, through its charge', async () => {
+    const latest = invoiceCharges().at(-1)!;
+    const before = await invoicePayment(latest.invoice);
+    sim().setWebhookUrl(undefined);
+    const dispute = await sim().dispute(latest.charge);
+    await sim().closeDispute(dispute, 'lost');
+    sim().setWebhookUrl(`${p.apiUrl}/webhooks/stripe`);
+    // both events as an older charge's would come: without payment_intent, the charge only
+    for (const type of ['charge.dispute.created', 'charge.dispute.closed']) {
+      const event = structuredClone(
+        sim()
+          .events()
+          .filter((e) => e.type === type && (e.data.object as unknown as { id: string }).id === dispute)
+          .at(-1)!,
+      );
+      delete (event.data.object as unknown as Record<string, unknown>).payment_intent;
+      expect(await postSigned(event)).toBe(200);
+    }
+    expect(before?.credits_clawed_back).toBe(0);
+    expect(await invoicePayment(latest.invoice)).toMatchObject({ refunded_amount: latest.amount, credits_clawed_back: 500 });
+    expect((await credits.verifyLedger(p.tdb.db)).mismatches).toEqual([]);
+  }, 30_000);
 });

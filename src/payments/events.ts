@@ -58,13 +58,13 @@ export async function handleStripeEvent(deps: BillingDeps, event: PaymentEvent):
       await deps.db.transaction().execute((trx) => applyRefund(trx, str(o, 'payment_intent'), num(o, 'amount_refunded')));
       break;
     case 'charge.dispute.created': {
-      const org = await disputeOrganization(deps, o);
-      await deps.db.transaction().execute((trx) => disputeOpened(trx, o, org));
+      const target = await disputeTarget(deps, o);
+      await deps.db.transaction().execute((trx) => disputeOpened(trx, o, target));
       break;
     }
     case 'charge.dispute.closed': {
-      const org = await disputeOrganization(deps, o);
-      await deps.db.transaction().execute((trx) => disputeClosed(trx, o, org));
+      const target = await disputeTarget(deps, o);
+      await deps.db.transaction().execute((trx) => disputeClosed(trx, o, target));
       break;
     }
     default:
@@ -134,46 +134,52 @@ async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>):
 }
 
 /**
- * The organization a dispute is about: its pack payment, or — for a
- * subscription charge, which has no pack payment — the charge's customer.
+ * The organization a dispute is about, and the payment intent it disputes:
+ * its pack or invoice payment, or, for a charge we did not record (or a
+ * dispute that names no payment intent), the charge's customer and intent.
  */
-async function disputeOrganization(deps: BillingDeps, dispute: Record<string, unknown>): Promise<string | undefined> {
+async function disputeTarget(deps: BillingDeps, dispute: Record<string, unknown>): Promise<{ org: string | undefined; paymentIntent: string | null }> {
   const pi = str(dispute, 'payment_intent');
   if (pi !== null) {
     const { rows } = await sql<{ organization_id: string }>`select organization_id from payments where payment_intent = ${pi}
+      union all select organization_id from invoice_payments where payment_intent = ${pi}
       union all select organization_id from checkout_sessions where payment_intent = ${pi} limit 1`.execute(deps.db);
-    if (rows[0]) return rows[0].organization_id;
+    if (rows[0]) return { org: rows[0].organization_id, paymentIntent: pi };
   }
   const chargeId = str(dispute, 'charge');
-  if (chargeId === null) return undefined;
+  if (chargeId === null) return { org: undefined, paymentIntent: pi };
   const charge = await deps.payments.getCharge(chargeId);
-  if (charge.customer === null) return undefined;
+  const paymentIntent = pi ?? charge.paymentIntent;
+  if (charge.customer === null) return { org: undefined, paymentIntent };
   const { rows } = await sql<{ organization_id: string }>`select organization_id from billing_customers where stripe_customer_id = ${charge.customer}`.execute(deps.db);
-  return rows[0]?.organization_id;
+  return { org: rows[0]?.organization_id, paymentIntent };
 }
 
 /** A dispute freezes the organization's sending at once (every claim checks it). */
-async function disputeOpened(trx: Tx, dispute: Record<string, unknown>, org: string | undefined): Promise<void> {
+async function disputeOpened(trx: Tx, dispute: Record<string, unknown>, target: { org: string | undefined; paymentIntent: string | null }): Promise<void> {
+  const { org } = target;
   if (org === undefined) return;
   // known already (open, or closed by an event that came first): nothing more to do
   const { rows } = await sql`insert into disputes (id, organization_id, payment_intent, status)
-    values (${String(dispute.id)}, ${org}, ${str(dispute, 'payment_intent')}, 'open') on conflict (id) do nothing returning id`.execute(trx);
+    values (${String(dispute.id)}, ${org}, ${target.paymentIntent}, 'open') on conflict (id) do nothing returning id`.execute(trx);
   if (rows.length === 0) return;
   await sql`update organizations set frozen_at = now(), frozen_by = 'dispute' where id = ${org} and frozen_at is null`.execute(trx);
 }
 
 /** Won: unfreeze once no dispute is open (an operator's freeze stays). Lost: the credits go back, and only an operator unfreezes. */
-async function disputeClosed(trx: Tx, dispute: Record<string, unknown>, org: string | undefined): Promise<void> {
+async function disputeClosed(trx: Tx, dispute: Record<string, unknown>, target: { org: string | undefined; paymentIntent: string | null }): Promise<void> {
+  const { org } = target;
   // 'won', and also 'warning_closed' / 'prevented' (no money lost): only 'lost' takes credits back
   const outcome = dispute.status === 'lost' ? 'lost' : 'won';
   let { rows } = await sql<{ organization_id: string; payment_intent: string | null }>`
-    update disputes set status = ${outcome}, closed_at = now() where id = ${String(dispute.id)} and status = 'open'
+    update disputes set status = ${outcome}, closed_at = now(), payment_intent = coalesce(payment_intent, ${target.paymentIntent})
+    where id = ${String(dispute.id)} and status = 'open'
     returning organization_id, payment_intent`.execute(trx);
   if (rows.length === 0 && org !== undefined) {
     // closed before its `created` event was handled: record the end, so the late `created` changes nothing
     ({ rows } = await sql<{ organization_id: string; payment_intent: string | null }>`
       insert into disputes (id, organization_id, payment_intent, status, closed_at)
-      values (${String(dispute.id)}, ${org}, ${str(dispute, 'payment_intent')}, ${outcome}, now())
+      values (${String(dispute.id)}, ${org}, ${target.paymentIntent}, ${outcome}, now())
       on conflict (id) do nothing returning organization_id, payment_intent`.execute(trx));
     if (outcome === 'won') rows = [];
   }
