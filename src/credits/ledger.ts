@@ -316,13 +316,16 @@ export function clawback(
       request: { amount: input.amount, paymentRef: input.paymentRef, ...(input.allowancePeriod !== undefined && { allowancePeriod: input.allowancePeriod }) },
       actor: input.actor,
     },
-    async (_trx, acc, b) => ({
-      entries: keyed(input.idempotencyKey, planDebit(b, 'clawback', input.amount, input.allowancePeriod !== undefined && acc.allowance_period === input.allowancePeriod ? 'allowance_first' : 'purchased_first'), {
-        paymentRef: input.paymentRef,
-        reason: input.reason,
-      }),
-      result: (after) => debitResult(b, after, -input.amount),
-    }),
+    async (_trx, acc, b) => {
+      const ownPeriod = input.allowancePeriod !== undefined && acc.allowance_period === input.allowancePeriod;
+      return {
+        entries: keyed(input.idempotencyKey, planDebit(b, 'clawback', input.amount, ownPeriod ? 'allowance_first' : 'purchased_first'), {
+          paymentRef: input.paymentRef,
+          reason: input.reason,
+        }),
+        result: (after) => debitResult(b, after, -input.amount),
+      };
+    },
   );
 }
 

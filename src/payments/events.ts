@@ -133,12 +133,17 @@ async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>):
   });
 }
 
+interface DisputeTarget {
+  org: string | undefined;
+  paymentIntent: string | null;
+}
+
 /**
  * The organization a dispute is about, and the payment intent it disputes:
  * its pack or invoice payment, or, for a charge we did not record (or a
  * dispute that names no payment intent), the charge's customer and intent.
  */
-async function disputeTarget(deps: BillingDeps, dispute: Record<string, unknown>): Promise<{ org: string | undefined; paymentIntent: string | null }> {
+async function disputeTarget(deps: BillingDeps, dispute: Record<string, unknown>): Promise<DisputeTarget> {
   const pi = str(dispute, 'payment_intent');
   if (pi !== null) {
     const { rows } = await sql<{ organization_id: string }>`select organization_id from payments where payment_intent = ${pi}
@@ -156,7 +161,7 @@ async function disputeTarget(deps: BillingDeps, dispute: Record<string, unknown>
 }
 
 /** A dispute freezes the organization's sending at once (every claim checks it). */
-async function disputeOpened(trx: Tx, dispute: Record<string, unknown>, target: { org: string | undefined; paymentIntent: string | null }): Promise<void> {
+async function disputeOpened(trx: Tx, dispute: Record<string, unknown>, target: DisputeTarget): Promise<void> {
   const { org } = target;
   if (org === undefined) return;
   // known already (open, or closed by an event that came first): nothing more to do
@@ -167,7 +172,7 @@ async function disputeOpened(trx: Tx, dispute: Record<string, unknown>, target: 
 }
 
 /** Won: unfreeze once no dispute is open (an operator's freeze stays). Lost: the credits go back, and only an operator unfreezes. */
-async function disputeClosed(trx: Tx, dispute: Record<string, unknown>, target: { org: string | undefined; paymentIntent: string | null }): Promise<void> {
+async function disputeClosed(trx: Tx, dispute: Record<string, unknown>, target: DisputeTarget): Promise<void> {
   const { org } = target;
   // 'won', and also 'warning_closed' / 'prevented' (no money lost): only 'lost' takes credits back
   const outcome = dispute.status === 'lost' ? 'lost' : 'won';

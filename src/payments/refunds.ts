@@ -88,7 +88,7 @@ async function applyInvoiceRefund(trx: Tx, paymentIntent: string, amountRefunded
     paymentIntent,
     organizationId: inv.organization_id,
     refundedAmount,
-    target: Math.max(target, inv.credits_clawed_back),
+    target,
     clawedBack: inv.credits_clawed_back,
     reason: `refund of invoice ${inv.invoice_id}: ${refundedAmount} of ${inv.amount} refunded`,
     allowancePeriod: inv.allowance_period,
