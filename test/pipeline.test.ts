@@ -239,7 +239,12 @@ describe('carrier faults', () => {
       expect(events).toContain('claim');
       expect(m.provider_sid).toMatch(/^SM/);
       expect(p.simulator.log().filter((x) => x.body === 'dropped')).toHaveLength(1);
-      expect(await storedAccount(p.tdb.db, p.tenant.organizationId)).toMatchObject({ spent: 1, reservedPurchased: 0 });
+      // the capture is applied by the drain moments after the outcome step (captures.ts)
+      const acc = await eventually(async () => {
+        const a = await storedAccount(p.tdb.db, p.tenant.organizationId);
+        return a.reservedPurchased === 0 ? a : undefined;
+      }, 10_000, 'the capture');
+      expect(acc).toMatchObject({ spent: 1, reservedPurchased: 0 });
     } finally {
       await p.close();
     }
