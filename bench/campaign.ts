@@ -31,6 +31,29 @@ async function peakRssMb(pid: number | undefined): Promise<number> {
   return Math.round(kb / 1024);
 }
 
+/** No message reached the carrier for 10 s: the messages still on their way, by status, a few of their trails, and the job queue. */
+async function printStall(db: typeof database.db, campaignId: string, accepted: number): Promise<void> {
+  process.stdout.write(`stall: ${accepted} of ${COUNT} at the carrier and no progress for 10 s\n`);
+  const { rows: counts } = await sql<{ status: string; reason: string | null; n: number }>`
+    select status, status_reason as reason, count(*)::int as n from messages
+    where campaign_id = ${campaignId} and status not in ('sent', 'delivered') group by 1, 2 order by 3 desc`.execute(db);
+  for (const c of counts) process.stdout.write(`  ${c.n} ${c.status}${c.reason ? ` (${c.reason})` : ''}\n`);
+  const { rows: trails } = await sql<{ id: string; trail: string }>`
+    select m.id, string_agg(to_char(e.at at time zone 'UTC', 'HH24:MI:SS.MS') || ' ' || e.event || '→' || e.to_status || coalesce(' (' || e.reason || ')', ''), ', ' order by e.seq) as trail
+    from (select id from messages where campaign_id = ${campaignId} and status not in ('sent', 'delivered') order by id limit 3) m
+    join message_events e on e.message_id = m.id group by m.id`.execute(db);
+  for (const t of trails) process.stdout.write(`  ${t.id}: ${t.trail}\n`);
+  const { rows: recipients } = await sql<{ cursor: number; total: number; status: string }>`
+    select c.status, (select count(*)::int from messages m where m.campaign_id = c.id) as cursor, (select count(*)::int from campaign_recipients r where r.campaign_id = c.id) as total
+    from campaigns c where c.id = ${campaignId}`.execute(db);
+  for (const r of recipients) process.stdout.write(`  campaign ${r.status}: ${r.cursor} messages of ${r.total} recipients\n`);
+  const { rows: jobs } = await sql<{ task: string; n: number; attempts: number; locked: boolean; run_at: Date; last_error: string | null }>`
+    select task_identifier as task, count(*)::int as n, max(attempts)::int as attempts, bool_or(locked_at is not null) as locked, min(run_at) as run_at, max(last_error) as last_error
+    from graphile_worker.jobs group by 1`.execute(db);
+  for (const j of jobs)
+    process.stdout.write(`  jobs ${j.task}: ${j.n}, attempts ≤ ${j.attempts}, locked ${j.locked}, first run_at ${j.run_at.toISOString()}${j.last_error ? `, last error ${j.last_error.slice(0, 200)}` : ''}\n`);
+}
+
 const home = await fs.mkdtemp(path.join(os.tmpdir(), 'credence-bench-campaign-'));
 const database = await benchDatabase(4);
 try {
@@ -83,10 +106,19 @@ try {
   await call('POST', `/v1/campaigns/${campaign.id}/start`, wsKey);
   const deadline = Date.now() + 20 * 60_000;
   let accepted = 0;
+  let progressAt = Date.now();
+  let stallReported = false;
   for (;;) {
-    accepted = ((await (await fetch(`${simUrl}/_sim/stats`)).json()) as { accepted: number }).accepted;
+    const now = ((await (await fetch(`${simUrl}/_sim/stats`)).json()) as { accepted: number }).accepted;
+    if (now !== accepted) progressAt = Date.now();
+    accepted = now;
     if (accepted >= COUNT) break;
     if (Date.now() > deadline) throw new Error(`only ${accepted} of ${COUNT} reached the carrier`);
+    if (!stallReported && accepted > 0 && Date.now() - progressAt > 10_000) {
+      // A stall: show where the messages that have not reached the carrier wait, once.
+      stallReported = true;
+      await printStall(db, campaign.id, accepted);
+    }
     await new Promise((r) => setTimeout(r, 200));
   }
   const elapsed = Date.now() - t0;

@@ -54,13 +54,14 @@ export async function printStatementStats(db: Db, units: number, top = 25): Prom
   const { rows } = await sql<{ calls: string; total_ms: number; plan_ms: number; query: string }>`
     select calls::text, total_exec_time as total_ms, total_plan_time as plan_ms, regexp_replace(query, '[[:space:]]+', ' ', 'g') as query
     from pg_stat_statements order by total_exec_time + total_plan_time desc limit ${top}`.execute(db);
-  const { rows: xact } = await sql<{ commits: string }>`select xact_commit::text as commits from pg_stat_database where datname = current_database()`.execute(db);
+  const { rows: xact } = await sql<{ commits: string; sessions: string }>`
+    select xact_commit::text as commits, sessions::text as sessions from pg_stat_database where datname = current_database()`.execute(db);
   const { rows: sum } = await sql<{ calls: string; exec_ms: number; plan_ms: number }>`
     select sum(calls)::text as calls, sum(total_exec_time) as exec_ms, sum(total_plan_time) as plan_ms from pg_stat_statements`.execute(db);
   process.stdout.write(
     `statements: ${(Number(sum[0]?.calls ?? 0) / units).toFixed(2)} per unit, execution ${sum[0]?.exec_ms.toFixed(0)} ms, planning ${sum[0]?.plan_ms.toFixed(0)} ms in all\n`,
   );
-  process.stdout.write(`statements (per unit = per ${units}); commits per unit ${(Number(xact[0]?.commits ?? 0) / units).toFixed(2)}\n`);
+  process.stdout.write(`statements (per unit = per ${units}); commits per unit ${(Number(xact[0]?.commits ?? 0) / units).toFixed(2)}, connections opened ${xact[0]?.sessions ?? '?'} (whole run)\n`);
   const { rows: wal } = await sql<{ records: string; fpi: string; bytes: string }>`
     select wal_records::text as records, wal_fpi::text as fpi, wal_bytes::text as bytes from pg_stat_wal`.execute(db);
   const w = wal[0];

@@ -270,10 +270,19 @@ describe('carrier faults', () => {
   });
 
   it('an outage that refuses connections: not sent, retried until the carrier is back', async () => {
-    const p = await startPipeline({ faults: { outages: [{ startMs: 0, endMs: 1_500 }], outageMode: 'refuse' } });
+    // The carrier stays down until the first attempt has been refused: a
+    // window of fixed length could end before a loaded machine gets there.
+    const p = await startPipeline({ faults: { outages: [{ startMs: 0, endMs: 3_600_000 }], outageMode: 'refuse' } });
     try {
       await grantCredits(p, 5);
       const id = (await sendViaApi(p, { to: TO, body: 'outage' })).json.id as string;
+      const refused = await eventually(async () => {
+        const m = await message(p, id);
+        return m.attempts >= 1 && m.status === 'queued' ? m : undefined;
+      }, 20_000, 'the first attempt to be refused');
+      expect(refused.status_reason).toBe('transient_error');
+      expect(p.simulator.log()).toHaveLength(0);
+      p.simulator.setFaults({});
       const m = await waitForStatus(p, id, ['delivered'], 20_000);
       expect(m.attempts).toBeGreaterThanOrEqual(2);
       expect(p.simulator.log().filter((x) => x.body === 'outage')).toHaveLength(1);
