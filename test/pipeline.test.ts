@@ -186,6 +186,76 @@ describe('exactly one claim wins (G2)', () => {
   });
 });
 
+describe('a queued message another transaction holds when its send job runs', () => {
+  let p: Pipeline;
+  beforeAll(async () => {
+    p = await startPipeline({ withWorker: false });
+    await grantCredits(p, 100);
+  });
+  afterAll(async () => p.close());
+
+  const sendJobsFor = async (id: string) =>
+    (
+      await sql<{ id: string; ids: string[]; run_at: Date }>`select j.id::text, j.payload->'messageIds' as ids, j.run_at from graphile_worker._private_jobs j
+        join graphile_worker._private_tasks t on t.id = j.task_id where t.identifier = 'send' and j.payload::jsonb->'messageIds' ? ${id}`.execute(p.tdb.db)
+    ).rows;
+
+  it('a dispatch that began before the message was queued holds it; the send job gives it a job of its own, not the 2-minute sweep', async () => {
+    const { dispatchOrganization } = await import('../src/messaging/index.ts');
+    const id = (await sendViaApi(p, { to: TO, body: 'held' })).json.id as string;
+    // A second dispatch: its statement (and snapshot) begins while the message is planned, then waits.
+    const late = await p.tdb.pool.connect();
+    try {
+      await late.query('begin');
+      const scan = late.query(
+        `select m.id from messages m where m.id = $1 and m.status = 'planned' and (select pg_sleep(1.5)) is not null for update of m skip locked`,
+        [id],
+      );
+      await eventually(async () => {
+        const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where wait_event = 'PgSleep'`.execute(p.tdb.db);
+        return rows[0]!.n > 0 ? true : undefined;
+      }, 10_000, 'the late dispatch to have begun');
+      // the first dispatch queues the message and adds its send job, and commits
+      await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+      expect((await message(p, id)).status).toBe('queued');
+      const [job] = await sendJobsFor(id);
+      expect(job).toBeDefined();
+      // the late one finds it no longer planned, yet keeps the lock it took on the queued row
+      expect((await scan).rows).toEqual([]);
+
+      // the send job runs meanwhile: it cannot claim the message, and does not drop it
+      const before = Date.now();
+      expect(await sendBatch(p.sendDeps, job!.ids)).toEqual({ attempted: 0 });
+      expect((await message(p, id)).status).toBe('queued');
+      const again = (await sendJobsFor(id)).filter((j) => j.id !== job!.id);
+      expect(again).toHaveLength(1);
+      expect(again[0]!.ids).toEqual([id]);
+      expect(again[0]!.run_at.getTime()).toBeGreaterThanOrEqual(before);
+      expect(again[0]!.run_at.getTime()).toBeLessThan(before + 10_000);
+      await late.query('commit');
+    } finally {
+      await late.query('rollback').catch(() => undefined);
+      late.release();
+    }
+    // its own job, once the holder is gone: sent once
+    expect(await sendBatch(p.sendDeps, [id])).toEqual({ attempted: 1 });
+    await waitForStatus(p, id, ['delivered']);
+    expect(p.simulator.log().filter((x) => x.body === 'held')).toHaveLength(1);
+  });
+
+  it('a message the send job cannot claim because it moved on gets no new job', async () => {
+    const { dispatchOrganization } = await import('../src/messaging/index.ts');
+    const id = (await sendViaApi(p, { to: TO, body: 'moved on' })).json.id as string;
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    expect(await sendBatch(p.sendDeps, [id])).toEqual({ attempted: 1 });
+    const jobs = (await sendJobsFor(id)).length;
+    // the same job again (a duplicate): the message is no longer queued
+    expect(await sendBatch(p.sendDeps, [id])).toEqual({ attempted: 0 });
+    expect(await sendJobsFor(id)).toHaveLength(jobs);
+    expect(p.simulator.log().filter((x) => x.body === 'moved on')).toHaveLength(1);
+  });
+});
+
 describe('carrier faults', () => {
   it('a permanent error fails the message and releases its credits', async () => {
     const p = await startPipeline({ faults: { errors: { '21211': 1 } } });

@@ -42,6 +42,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     // the costliest rule to evaluate); a message it stops is examined again,
     // consent included, and refused with its reason.
     const rows = await lockQueued(trx, ids, { consent: false });
+    if (rows.length < ids.length) await requeueHeld(trx, ids, rows);
     const now = new Date();
     const refused: Refusals = { block: [], skip: [], defer: [] };
     const passed = sortDecisions(deps, rows, now, refused);
@@ -136,6 +137,34 @@ async function lockQueued(trx: Tx, ids: readonly string[], options: { consent: b
     order by m.id
     for update of m skip locked`.execute(trx);
   return rows;
+}
+
+/** How long a queued message another transaction held at its claim waits before it is tried again. */
+export const HELD_RETRY_MS = 1_000;
+
+/**
+ * The lock above skips messages another transaction holds, and this send
+ * job is then done with them: left alone they would wait, queued, for the
+ * sweep (two maintenance intervals, 2–3 minutes). The holder may well leave
+ * them queued:
+ * - a dispatch whose statement began before another dispatch queued the
+ *   message keeps the lock it took on the new row version, though that row
+ *   no longer matched its query (PostgreSQL's READ COMMITTED recheck locks
+ *   first, then filters), until it commits;
+ * - a campaign pause locks its queued messages and leaves them queued, for
+ *   the next claim to refuse.
+ * So the ones still queued and due, as far as committed data tells, get a
+ * send job of their own a moment later. One that has moved on by then is
+ * not claimed again (only `queued` is).
+ */
+async function requeueHeld(trx: Tx, ids: readonly string[], locked: readonly ClaimRow[]): Promise<void> {
+  const got = new Set(locked.map((m) => m.id));
+  const { rows } = await sql<{ id: string }>`
+    select id from messages
+    where id = any(${ids.filter((id) => !got.has(id))}::text[]) and ${store.statusOfListed('messages', ['queued'])}
+      and coalesce(next_attempt_at, send_at) <= now()`.execute(trx);
+  if (rows.length === 0) return;
+  await addJob(trx, 'send', { messageIds: rows.map((r) => r.id) }, { runAt: new Date(Date.now() + HELD_RETRY_MS), maxAttempts: 10 });
 }
 
 /** The send rules for each message: those that may go now are returned, the rest added to `refused`. */
