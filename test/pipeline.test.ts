@@ -206,13 +206,14 @@ describe('a queued message another transaction holds when its send job runs', ()
     // A second dispatch: its statement (and snapshot) begins while the message is planned, then waits.
     const late = await p.tdb.pool.connect();
     try {
+      const pid = (await late.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
       await late.query('begin');
       const scan = late.query(
         `select m.id from messages m where m.id = $1 and m.status = 'planned' and (select pg_sleep(1.5)) is not null for update of m skip locked`,
         [id],
       );
       await eventually(async () => {
-        const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where wait_event = 'PgSleep'`.execute(p.tdb.db);
+        const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where pid = ${pid} and wait_event = 'PgSleep'`.execute(p.tdb.db);
         return rows[0]!.n > 0 ? true : undefined;
       }, 10_000, 'the late dispatch to have begun');
       // the first dispatch queues the message and adds its send job, and commits
