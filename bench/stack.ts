@@ -52,9 +52,8 @@ export async function startBenchStack(home: string, databaseUrl: string, credits
     TWILIO_AUTH_TOKEN: account.authToken,
     TWILIO_API_URL: simUrl,
     PORT: String(apiPort),
-    // the defaults, written out: what the figures were measured with
     DB_POOL_SIZE: '20',
-    WORKER_CONCURRENCY: '8',
+    WORKER_CONCURRENCY: '16',
   };
   const api = spawnCredence(['api'], env);
   const [, opKey] = await api.waitFor(/Bootstrap operator API key[^\n]*\n\s+(crd_op_\S+)/);

@@ -230,6 +230,10 @@ export async function checkLost(stack: ChaosStack, ev: Evidence, world: World, r
   }
   // `sent` is final for us, but the carrier posted a final status for each: one never applied is a lost callback
   const stuckSent = [...ev.messages.values()].filter((m) => m.status === 'sent' && (ev.accepted.get(m.id) ?? []).every((e) => e.status === e.finalStatus));
+  // reconciliation touches `updated_at` each time it asks the carrier about a `sent` message and hears no final status
+  const { rows: touched } = stuckSent.length
+    ? await sql<{ id: string; sent_at: Date | null; updated_at: Date }>`select id, sent_at, updated_at from messages where id = any(${stuckSent.slice(0, 2).map((m) => m.id)}::text[])`.execute(stack.db)
+    : { rows: [] };
   const apiIds = [...records.apiKeys.values()].flatMap((ids) => [...ids]);
   const apiMissing = apiIds.filter((id) => !ev.messages.has(id)).length;
   const { rows: campaigns } = await sql<{ id: string; status: string; pause_reason: string | null }>`select id, status, pause_reason from campaigns`.execute(stack.db);
@@ -242,6 +246,7 @@ export async function checkLost(stack: ChaosStack, ev: Evidence, world: World, r
       `recipients: ${recipients[0]!.n}, without a message: ${missing[0]!.n}; API keys: ${records.apiKeys.size}, answered ids not found: ${apiMissing}`,
       `messages by status: ${[...byStatus].sort().map(([s, n]) => `${s}=${n}`).join(' ')}`,
       `still \`sent\` although the carrier posted a final status: ${stuckSent.length}`,
+      ...touched.map((t) => `  ${t.id}: sent_at ${t.sent_at?.toISOString().slice(11) ?? '-'}, last touched ${t.updated_at.toISOString().slice(11)} (reconciliation asked the carrier if later than its last event)`),
       ...(await Promise.all(stuckSent.slice(0, 2).map((m) => timeline(stack, ev, m.id)))).flat(),
       ...notTerminalLines(ev),
       ...(open === 0 ? [] : await closedGates(stack)),

@@ -140,7 +140,7 @@ async function lockQueued(trx: Tx, ids: readonly string[], options: { consent: b
 }
 
 /** How long a queued message another transaction held at its claim waits before it is tried again. */
-export const HELD_RETRY_MS = 1_000;
+const HELD_RETRY_MS = 1_000;
 
 /**
  * The lock above skips messages another transaction holds, and this send

@@ -10,13 +10,14 @@ import { decide, type RuleColumns } from './rules.ts';
 export const DISPATCH_BATCH = 500;
 /**
  * Messages per send job: one claim transaction and one outcome transaction
- * (and one job fetched and completed) for each. 100 rather than 50 cost
- * about 6 % less CPU per message in the benchmarks (2026-11-24, alternating
- * runs; docs/performance.md), with the worker's default concurrency (8) and
- * so the same number of messages in flight as 50 × 16. A worker killed mid-job
- * leaves up to this many messages `sending` for reconciliation.
+ * (and one job fetched and completed) for each. 100 cost about 6 % less CPU
+ * per message in the benchmarks (docs/performance.md), but a worker killed
+ * mid-job then leaves twice as many messages `sending` for reconciliation,
+ * which looks them up one at a time; the first default-scale chaos run with
+ * 100 left one message `sent` past its settle window. Kept at 50 until
+ * reconciliation is faster.
  */
-export const SEND_BATCH = 100;
+export const SEND_BATCH = 50;
 
 type Candidate = store.MessageRow & RuleColumns;
 
