@@ -209,7 +209,7 @@ describe('a queued message another transaction holds when its send job runs', ()
       const pid = (await late.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
       await late.query('begin');
       const scan = late.query(
-        `select m.id from messages m where m.id = $1 and m.status = 'planned' and (select pg_sleep(1.5)) is not null for update of m skip locked`,
+        `select m.id from messages m where m.id = $1 and m.status = 'planned' and (select pg_sleep(3)) is not null for update of m skip locked`,
         [id],
       );
       await eventually(async () => {
