@@ -15,7 +15,7 @@ import { newId } from '../src/shared/ids.ts';
 import { daytimeZone } from '../test/helpers/campaigns.ts';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { ceilingBefore, measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase, cpuSnapshot, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
+import { benchDatabase, cpuSnapshot, messageTrail, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_CAMPAIGN_RECIPIENTS ?? 100_000);
@@ -38,15 +38,13 @@ async function printStall(db: typeof database.db, campaignId: string, accepted: 
     select status, status_reason as reason, count(*)::int as n from messages
     where campaign_id = ${campaignId} and status not in ('sent', 'delivered') group by 1, 2 order by 3 desc`.execute(db);
   for (const c of counts) process.stdout.write(`  ${c.n} ${c.status}${c.reason ? ` (${c.reason})` : ''}\n`);
-  const { rows: trails } = await sql<{ id: string; trail: string }>`
-    select m.id, string_agg(to_char(e.at at time zone 'UTC', 'HH24:MI:SS.MS') || ' ' || e.event || '→' || e.to_status || coalesce(' (' || e.reason || ')', ''), ', ' order by e.seq) as trail
-    from (select id from messages where campaign_id = ${campaignId} and status not in ('sent', 'delivered') order by id limit 3) m
-    join message_events e on e.message_id = m.id group by m.id`.execute(db);
-  for (const t of trails) process.stdout.write(`  ${t.id}: ${t.trail}\n`);
-  const { rows: recipients } = await sql<{ cursor: number; total: number; status: string }>`
-    select c.status, (select count(*)::int from messages m where m.campaign_id = c.id) as cursor, (select count(*)::int from campaign_recipients r where r.campaign_id = c.id) as total
+  const { rows: waiting } = await sql<{ id: string }>`
+    select id from messages where campaign_id = ${campaignId} and status not in ('sent', 'delivered') order by id limit 3`.execute(db);
+  for (const m of waiting) process.stdout.write(`  ${m.id}: ${await messageTrail(db, m.id)}\n`);
+  const { rows: recipients } = await sql<{ messages: number; total: number; status: string }>`
+    select c.status, (select count(*)::int from messages m where m.campaign_id = c.id) as messages, (select count(*)::int from campaign_recipients r where r.campaign_id = c.id) as total
     from campaigns c where c.id = ${campaignId}`.execute(db);
-  for (const r of recipients) process.stdout.write(`  campaign ${r.status}: ${r.cursor} messages of ${r.total} recipients\n`);
+  for (const r of recipients) process.stdout.write(`  campaign ${r.status}: ${r.messages} messages of ${r.total} recipients\n`);
   const { rows: jobs } = await sql<{ task: string; n: number; attempts: number; locked: boolean; run_at: Date; last_error: string | null }>`
     select task_identifier as task, count(*)::int as n, max(attempts)::int as attempts, bool_or(locked_at is not null) as locked, min(run_at) as run_at, max(last_error) as last_error
     from graphile_worker.jobs group by 1`.execute(db);

@@ -48,6 +48,13 @@ export async function benchDatabase(poolSize = 10): Promise<{ db: Db; pool: pg.P
   };
 }
 
+/** A message's event trail on one line: "HH:MM:SS.mmm event→status (reason), …". */
+export async function messageTrail(db: Db, messageId: string): Promise<string> {
+  const { rows } = await sql<{ at: Date; event: string; to_status: string; reason: string | null }>`
+    select at, event, to_status, reason from message_events where message_id = ${messageId} order by seq`.execute(db);
+  return rows.map((t) => `${t.at.toISOString().slice(11, 23)} ${t.event}→${t.to_status}${t.reason ? ` (${t.reason})` : ''}`).join(', ');
+}
+
 /** With BENCH_PG_STATS: the statements by total time, with calls per unit of work (e.g. per message). */
 export async function printStatementStats(db: Db, units: number, top = 25): Promise<void> {
   if (!process.env.BENCH_PG_STATS) return;

@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { ceilingBefore, measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase, cpuSnapshot, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
+import { benchDatabase, cpuSnapshot, messageTrail, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_SEND_MESSAGES ?? 20_000);
@@ -90,9 +90,9 @@ try {
   const lastAccepted = Math.max(...accepted.values());
   const throughput = Math.round((COUNT / (lastAccepted - t0)) * 1000);
 
-  const { rows } = await sql<{ body: string; created_at: Date }>`select body, created_at from messages where body like 'bench %'`.execute(database.db);
+  const { rows } = await sql<{ id: string; body: string; created_at: Date }>`select id, body, created_at from messages where body like 'bench %'`.execute(database.db);
   // accept → carrier, per message (NaN: not at the carrier)
-  const perMessage = rows.map((r) => ({ body: r.body, ms: (accepted.get(r.body) ?? Number.NaN) - r.created_at.getTime() }));
+  const perMessage = rows.map((r) => ({ id: r.id, body: r.body, ms: (accepted.get(r.body) ?? Number.NaN) - r.created_at.getTime() }));
   const latencies = perMessage.map((r) => r.ms).filter(Number.isFinite).sort((a, b) => a - b);
   const duplicates = log.length - new Set(log.map((m) => m.body)).size;
   // Stragglers: messages that took far longer than the rest show the path they took.
@@ -100,10 +100,7 @@ try {
   if (slow.length > 0) {
     process.stdout.write(`stragglers: ${slow.length} messages took over 10 s; the slowest:\n`);
     for (const r of slow.slice(0, 3)) {
-      const { rows: trail } = await sql<{ at: Date; event: string; to_status: string; reason: string | null }>`
-        select e.at, e.event, e.to_status, e.reason from message_events e join messages m on m.id = e.message_id
-        where m.body = ${r.body} order by e.seq`.execute(database.db);
-      process.stdout.write(`  ${r.body}: ${(r.ms / 1000).toFixed(1)} s: ${trail.map((t) => `${t.at.toISOString().slice(11, 23)} ${t.event}→${t.to_status}${t.reason ? ` (${t.reason})` : ''}`).join(', ')}\n`);
+      process.stdout.write(`  ${r.body}: ${(r.ms / 1000).toFixed(1)} s: ${await messageTrail(database.db, r.id)}\n`);
     }
   }
   const p50 = percentile(latencies, 50);
