@@ -2,6 +2,7 @@ import { sql } from 'kysely';
 import type { CarrierMessage } from '../carriers/carrier.ts';
 import * as credits from '../credits/index.ts';
 import type { Tx } from '../db/db.ts';
+import { forEachLimited } from '../shared/concurrency.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { enqueueSends } from './dispatch.ts';
 import * as store from './messages.store.ts';
@@ -14,6 +15,8 @@ import { eventForCarrierStatus, type MessageEvent, type MessageStatus, transitio
 export const RECONCILIATION_HORIZON_MS = 24 * 3_600_000;
 /** A look-up this long after the claim that finds nothing proves the carrier never took it. */
 export const LOOKUP_GRACE_MS = 60_000;
+/** Carrier look-ups of one reconciliation at a time. */
+const RECONCILE_LOOKUPS = 8;
 
 export interface CarrierReport {
   providerSid: string;
@@ -193,74 +196,90 @@ export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileR
        or (status = 'sent' and sent_at > now() - ${horizon}::interval
            and updated_at < now() - greatest(${lease}::interval, (now() - sent_at) / 2))
     order by updated_at limit ${limit}`.execute(deps.db);
+  // Several look-ups at a time (a worker killed mid-batch leaves up to a
+  // batch of messages to ask about). Messages that can only be looked up by
+  // number and body are taken one after another within their group, so that
+  // one carrier message is never matched to two of ours.
+  const groups = new Map<string, store.MessageRow[]>();
   for (const m of rows) {
-    report.checked++;
-    if (m.status === 'sent') {
-      if (await settleSent(deps, m)) report.settled++;
-      continue;
-    }
-    let found: CarrierMessage | undefined;
-    let lookedUp = false;
-    try {
-      if (m.provider_sid !== null) {
-        found = await deps.carrier.fetchMessage(m.provider_sid);
-      } else {
-        const since = new Date((m.claimed_at ?? m.created_at).getTime() - 60_000);
-        const candidates = await deps.carrier.findMessages({ to: m.to_number, from: m.from_number, since });
-        const matching = candidates.filter((c) => c.body === m.body);
-        if (matching.length > 0) {
-          const { rows: taken } = await sql<{ provider_sid: string }>`select provider_sid from messages
-            where provider_sid = any(${matching.map((c) => c.providerSid)}::text[])`.execute(deps.db);
-          const takenSet = new Set(taken.map((t) => t.provider_sid));
-          found = matching
-            .filter((c) => !takenSet.has(c.providerSid))
-            .sort((a, b) => a.dateCreated.getTime() - b.dateCreated.getTime())[0];
-        }
-      }
-      lookedUp = true;
-    } catch (err) {
-      deps.log.warn({ message_id: m.id, err: (err as Error).message }, 'carrier look-up failed');
-    }
-    const age = Date.now() - (m.claimed_at ?? m.created_at).getTime();
-    await deps.db.transaction().execute(async (trx) => {
-      if (found !== undefined) {
-        if (await applyCarrierReport(trx, m, { providerSid: found.providerSid, status: found.status, errorCode: found.errorCode }, 'reconciliation')) report.settled++;
-        return;
-      }
-      if (lookedUp && age >= (deps.lookupGraceMs ?? LOOKUP_GRACE_MS)) {
-        if (m.attempts >= MAX_ATTEMPTS) {
-          const moved = await store.applyEvent(trx, 'rejected', [
-            { id: m.id, patch: { reason: 'attempts_exhausted', lease_until: null, expect_attempts: m.attempts, details: { source: 'reconciliation' } } },
-          ]);
-          await releaseFor(trx, moved.length ? [m] : [], 'not at the carrier, attempts exhausted');
-          return;
-        }
-        const moved = await store.applyEvent(trx, 'not_at_carrier', [
-          // only the attempt we looked up: a newer attempt may be at the carrier by now
-          { id: m.id, patch: { reason: 'not_at_carrier', lease_until: null, next_attempt_at: null, expect_attempts: m.attempts, details: { source: 'reconciliation' } } },
-        ]);
-        if (moved.length > 0) {
-          await enqueueSends(trx, [m.id]);
-          report.requeued++;
-        }
-        return;
-      }
-      if (m.status === 'sending') {
-        await store.applyEvent(trx, 'no_answer', [{ id: m.id, patch: { reason: 'lease_expired', details: { source: 'reconciliation' } } }]);
-        return;
-      }
-      if (m.status === 'unknown' && age >= (deps.horizonMs ?? RECONCILIATION_HORIZON_MS)) {
-        const moved = await store.applyEvent(trx, 'outcome_unknown', [
-          { id: m.id, patch: { reason: 'outcome_unknown', details: { source: 'reconciliation', note: 'captured: the carrier may have billed it; never resent' } } },
-        ]);
-        if (moved.length > 0) {
-          await captureFor(trx, [m], 'outcome_unknown: no evidence within the reconciliation horizon; captured because the carrier may have billed it');
-          report.givenUp++;
-        }
-      }
-    });
+    const key = m.status !== 'sent' && m.provider_sid === null ? `${m.to_number}\u0000${m.body}` : m.id;
+    const group = groups.get(key);
+    if (group === undefined) groups.set(key, [m]);
+    else group.push(m);
   }
+  await forEachLimited([...groups.values()], RECONCILE_LOOKUPS, async (group) => {
+    for (const m of group) await reconcileOne(deps, m, report);
+  });
   return report;
+}
+
+/** One message of a reconciliation: ask the carrier, then apply what it said (or what its silence proves). */
+async function reconcileOne(deps: SendDeps, m: store.MessageRow, report: ReconcileReport): Promise<void> {
+  report.checked++;
+  if (m.status === 'sent') {
+    if (await settleSent(deps, m)) report.settled++;
+    return;
+  }
+  let found: CarrierMessage | undefined;
+  let lookedUp = false;
+  try {
+    if (m.provider_sid !== null) {
+      found = await deps.carrier.fetchMessage(m.provider_sid);
+    } else {
+      const since = new Date((m.claimed_at ?? m.created_at).getTime() - 60_000);
+      const candidates = await deps.carrier.findMessages({ to: m.to_number, from: m.from_number, since });
+      const matching = candidates.filter((c) => c.body === m.body);
+      if (matching.length > 0) {
+        const { rows: taken } = await sql<{ provider_sid: string }>`select provider_sid from messages
+          where provider_sid = any(${matching.map((c) => c.providerSid)}::text[])`.execute(deps.db);
+        const takenSet = new Set(taken.map((t) => t.provider_sid));
+        found = matching
+          .filter((c) => !takenSet.has(c.providerSid))
+          .sort((a, b) => a.dateCreated.getTime() - b.dateCreated.getTime())[0];
+      }
+    }
+    lookedUp = true;
+  } catch (err) {
+    deps.log.warn({ message_id: m.id, err: (err as Error).message }, 'carrier look-up failed');
+  }
+  const age = Date.now() - (m.claimed_at ?? m.created_at).getTime();
+  await deps.db.transaction().execute(async (trx) => {
+    if (found !== undefined) {
+      if (await applyCarrierReport(trx, m, { providerSid: found.providerSid, status: found.status, errorCode: found.errorCode }, 'reconciliation')) report.settled++;
+      return;
+    }
+    if (lookedUp && age >= (deps.lookupGraceMs ?? LOOKUP_GRACE_MS)) {
+      if (m.attempts >= MAX_ATTEMPTS) {
+        const moved = await store.applyEvent(trx, 'rejected', [
+          { id: m.id, patch: { reason: 'attempts_exhausted', lease_until: null, expect_attempts: m.attempts, details: { source: 'reconciliation' } } },
+        ]);
+        await releaseFor(trx, moved.length ? [m] : [], 'not at the carrier, attempts exhausted');
+        return;
+      }
+      const moved = await store.applyEvent(trx, 'not_at_carrier', [
+        // only the attempt we looked up: a newer attempt may be at the carrier by now
+        { id: m.id, patch: { reason: 'not_at_carrier', lease_until: null, next_attempt_at: null, expect_attempts: m.attempts, details: { source: 'reconciliation' } } },
+      ]);
+      if (moved.length > 0) {
+        await enqueueSends(trx, [m.id]);
+        report.requeued++;
+      }
+      return;
+    }
+    if (m.status === 'sending') {
+      await store.applyEvent(trx, 'no_answer', [{ id: m.id, patch: { reason: 'lease_expired', details: { source: 'reconciliation' } } }]);
+      return;
+    }
+    if (m.status === 'unknown' && age >= (deps.horizonMs ?? RECONCILIATION_HORIZON_MS)) {
+      const moved = await store.applyEvent(trx, 'outcome_unknown', [
+        { id: m.id, patch: { reason: 'outcome_unknown', details: { source: 'reconciliation', note: 'captured: the carrier may have billed it; never resent' } } },
+      ]);
+      if (moved.length > 0) {
+        await captureFor(trx, [m], 'outcome_unknown: no evidence within the reconciliation horizon; captured because the carrier may have billed it');
+        report.givenUp++;
+      }
+    }
+  });
 }
 
 /**
