@@ -80,27 +80,41 @@ async function drive(stack: ChaosStack, scenario: ReturnType<typeof planScenario
   // never runs before the closing was seen to commit.
   const lanes = new Map<string, Action[]>();
   scenario.actions.forEach((a) => lanes.set(laneOf(a), [...(lanes.get(laneOf(a)) ?? []), a]));
-  let progress = t0;
+  // Progress every 10 s, naming any action that has been running for more
+  // than 10 s (a lane waits for it: one slow action holds its lane's later ones).
+  const running = new Map<Action, number>();
+  const slowActions = () =>
+    [...running]
+      .filter(([, since]) => Date.now() - since > 10_000)
+      .map(([a, since]) => `${a.kind} at ${(a.atMs / 1000).toFixed(1)} s running ${((Date.now() - since) / 1000).toFixed(0)} s`);
+  let reporting = Promise.resolve();
+  const progress = setInterval(() => {
+    reporting = reporting.then(async () => {
+      const slow = slowActions();
+      say(`… ${await statusLine(stack)}${slow.length ? `; waiting on ${slow.join(', ')}` : ''}`);
+    });
+  }, 10_000);
   await Promise.all(
     [...lanes.values()].map(async (actions) => {
       for (const a of actions) {
         const wait = t0 + a.atMs - Date.now();
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
         const tally = (records.actions[a.kind] ??= { done: 0, failed: 0 });
+        running.set(a, Date.now());
         try {
           await perform(stack, scenario, world, records, a, scenario.actions.indexOf(a));
           tally.done++;
         } catch (err) {
           tally.failed++;
           say(`${a.kind} failed: ${(err as Error).message.slice(0, 300)}`);
-        }
-        if (Date.now() - progress > 10_000) {
-          progress = Date.now();
-          say(`… ${await statusLine(stack)}`);
+        } finally {
+          running.delete(a);
         }
       }
     }),
   );
+  clearInterval(progress);
+  await reporting;
 
   say('actions done; credits to finish, every campaign resumed; waiting for everything to settle');
   await heal(stack, scenario, world);

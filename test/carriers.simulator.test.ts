@@ -1,11 +1,13 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import fc from 'fast-check';
 import twilio from 'twilio';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTwilioClient } from '../src/carriers/twilio.ts';
 import { startCarrierSimulator, type CarrierSimulator } from '../src/carriers/simulator/index.ts';
 import { createRandom, decideCreate, UNDELIVERED_CODES } from '../src/carriers/simulator/faults.ts';
-import { countSegments } from '../src/carriers/simulator/resources.ts';
+import { createMessageLog } from '../src/carriers/simulator/log.ts';
+import { countSegments, createdMessage } from '../src/carriers/simulator/resources.ts';
 
 /** A local webhook receiver: records every signed POST, answers with `status()`. */
 interface Received {
@@ -334,5 +336,41 @@ describe('inbound SMS and the admin API', () => {
     } finally {
       await s.stop();
     }
+  });
+});
+
+describe('the message log (list queries)', () => {
+  it('pages a number\'s messages newest first, from its index, while other numbers\' messages interleave and new ones arrive', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.constantFrom('+15005550001', '+15005550002', '+15005550003'), { minLength: 1, maxLength: 60 }),
+        fc.integer({ min: 1, max: 7 }),
+        fc.constantFrom('+15005550001', '+15005550002', '+15005550004'),
+        (tos, pageSize, to) => {
+          const log = createMessageLog();
+          const accountSid = 'AC00000000000000000000000000000000';
+          const add = (n: string, i: number) =>
+            log.add(
+              createdMessage({ accountSid, to: n, from: '+15005550100', body: `m${i}`, statusCallback: null, messagingServiceSid: null, finalStatus: 'delivered', answer: 'answered' }),
+            );
+          tos.forEach(add);
+          const expected = log.all().filter((m) => m.to === to).map((m) => m.body).reverse();
+          const seen: string[] = [];
+          let query = new URLSearchParams({ To: to, PageSize: String(pageSize) });
+          for (let pages = 0; ; pages++) {
+            if (pages > tos.length) throw new Error(`paging does not end: ${seen.join(' ')}`);
+            const answer = log.page(accountSid, query);
+            if (!('page' in answer)) throw new Error(answer.invalid);
+            const page = answer.page as { messages: { body: string }[]; next_page_uri: string | null };
+            seen.push(...page.messages.map((m) => m.body));
+            // a message arriving between pages is not in this listing's later pages
+            add(to, 1000 + pages);
+            if (page.next_page_uri === null) break;
+            query = new URL(page.next_page_uri, 'http://x').searchParams;
+          }
+          expect(seen).toEqual(expected);
+        },
+      ),
+    );
   });
 });

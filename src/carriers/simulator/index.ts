@@ -96,6 +96,9 @@ export async function startCarrierSimulator(options: CarrierSimulatorOptions = {
       if (!ok) state.stats.callbacks.failedAttempts++;
     },
   });
+  // Inbound messages have connections of their own: behind a backlog of
+  // status callbacks they would otherwise wait their turn for a socket.
+  const inboundPoster = createWebhookPoster({ attempts: 1, backoffMs: 0, timeoutMs: retry.timeoutMs ?? 5_000 });
   let stopped = false;
   let listening = false;
   let boundaryTimer: NodeJS.Timeout | undefined;
@@ -110,6 +113,7 @@ export async function startCarrierSimulator(options: CarrierSimulatorOptions = {
     log: createMessageLog(),
     stats: emptyStats(),
     poster,
+    inboundPoster,
     inboundUrl: options.inboundUrl,
     logger: options.log,
     hung: new Set(),
@@ -188,6 +192,7 @@ export async function startCarrierSimulator(options: CarrierSimulatorOptions = {
       for (const t of timers) clearTimeout(t);
       timers.clear();
       poster.close();
+      inboundPoster.close();
       for (const res of state.hung) res.destroy();
       if (listening) {
         listening = false;

@@ -91,27 +91,51 @@ function filtersOf(query: URLSearchParams): Filter[] | string {
   return filters;
 }
 
+/** A logged message with its place in acceptance order and its whole-second send time. */
+interface Entry {
+  message: SimMessage;
+  seq: number;
+  sentMs: number;
+}
+
+/** Index of the first entry whose seq is `before` or later (entries are in seq order). */
+function firstAtOrAfter(entries: readonly Entry[], before: number): number {
+  let lo = 0;
+  let hi = entries.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (entries[mid]!.seq < before) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 export function createMessageLog(): MessageLog {
-  let messages: SimMessage[] = [];
-  let bySid = new Map<string, SimMessage>();
-  // Position in acceptance order, for page tokens that stay valid while new messages arrive.
-  let seqOf = new Map<string, number>();
+  let entries: Entry[] = [];
+  let bySid = new Map<string, Entry>();
+  // Twilio answers a list filtered by number from an index; so does the
+  // simulator (reconciliation looks messages up by number, and a scan of the
+  // whole log for each look-up made a long chaos run CPU-bound in here).
+  let byTo = new Map<string, Entry[]>();
 
   return {
     add(message) {
-      seqOf.set(message.sid, messages.length);
-      messages.push(message);
-      bySid.set(message.sid, message);
+      const entry = { message, seq: entries.length, sentMs: Math.floor(Date.parse(message.acceptedAt) / 1000) * 1000 };
+      entries.push(entry);
+      bySid.set(message.sid, entry);
+      const forTo = byTo.get(message.to);
+      if (forTo === undefined) byTo.set(message.to, [entry]);
+      else forTo.push(entry);
     },
     get(accountSid, sid) {
-      const m = bySid.get(sid);
+      const m = bySid.get(sid)?.message;
       return m !== undefined && m.accountSid === accountSid ? m : undefined;
     },
-    all: () => messages.map((m) => ({ ...m })),
+    all: () => entries.map((e) => ({ ...e.message })),
     clear() {
-      messages = [];
+      entries = [];
       bySid = new Map();
-      seqOf = new Map();
+      byTo = new Map();
     },
     page(accountSid, query) {
       const filters = filtersOf(query);
@@ -120,10 +144,12 @@ export function createMessageLog(): MessageLog {
       const pageNumber = Math.max(0, Number(query.get('Page') ?? 0) || 0);
       const token = /^PA(\d+)$/.exec(query.get('PageToken') ?? '');
       const before = token === null ? Infinity : Number(token[1]);
+      const to = query.get('To');
+      const scope = to === null ? entries : (byTo.get(to) ?? []);
       const matching: SimMessage[] = [];
-      for (let i = Math.min(messages.length, before) - 1; i >= 0 && matching.length <= pageSize; i--) {
-        const m = messages[i]!;
-        const sentMs = Math.floor(Date.parse(m.acceptedAt) / 1000) * 1000;
+      const last = before === Infinity ? scope.length : firstAtOrAfter(scope, before);
+      for (let i = last - 1; i >= 0 && matching.length <= pageSize; i--) {
+        const { message: m, sentMs } = scope[i]!;
         if (m.accountSid === accountSid && filters.every((f) => f(m, sentMs))) matching.push(m);
       }
       const items = matching.slice(0, pageSize);
@@ -134,10 +160,10 @@ export function createMessageLog(): MessageLog {
         for (const [k, v] of Object.entries(extra)) q.set(k, v);
         return `${base}?${q.toString()}`;
       };
-      const last = items.at(-1);
+      const lastItem = items.at(-1);
       const next =
-        matching.length > pageSize && last !== undefined
-          ? uriWith({ PageSize: String(pageSize), Page: String(pageNumber + 1), PageToken: `PA${seqOf.get(last.sid)}` })
+        matching.length > pageSize && lastItem !== undefined
+          ? uriWith({ PageSize: String(pageSize), Page: String(pageNumber + 1), PageToken: `PA${bySid.get(lastItem.sid)!.seq}` })
           : null;
       const current: Record<string, string> = { PageSize: String(pageSize), Page: String(pageNumber) };
       const pageToken = query.get('PageToken');

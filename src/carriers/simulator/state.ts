@@ -34,7 +34,10 @@ export interface SimState {
   readonly delays: CallbackDelays;
   readonly log: MessageLog;
   stats: SimStats;
+  /** Status callbacks. */
   readonly poster: WebhookPoster;
+  /** Inbound messages, on connections of their own. */
+  readonly inboundPoster: WebhookPoster;
   readonly inboundUrl: string | undefined;
   readonly logger: Logger | undefined;
   /** Responses held open on purpose (hangAfterAccept), destroyed on stop. */
@@ -138,7 +141,7 @@ export async function postInbound(state: SimState, sms: InboundSms): Promise<num
     ApiVersion: API_VERSION,
   };
   try {
-    const status = await state.poster.post(state.inboundUrl, params, account.authToken, `${sid}-inbound`);
+    const status = await state.inboundPoster.post(state.inboundUrl, params, account.authToken, `${sid}-inbound`);
     state.stats.inbound.posted++;
     return status;
   } catch (err) {
