@@ -17,7 +17,16 @@ export const DISPATCH_BATCH = 500;
  * 100 left one message `sent` past its settle window. Kept at 50 until
  * reconciliation is faster.
  */
-export const SEND_BATCH = 50;
+/**
+ * Messages per send job: one claim transaction and one outcome transaction
+ * (and one job fetched and completed) for each. 100 rather than 50 cost
+ * about 6 % less CPU per message in the benchmarks (2026-11-24, alternating
+ * runs; docs/performance.md), with the worker's default concurrency (8), so
+ * the same number of messages in flight as 50 × 16. A worker killed mid-job
+ * leaves up to this many messages `sending` for reconciliation, which looks
+ * several up at a time.
+ */
+export const SEND_BATCH = 100;
 
 type Candidate = store.MessageRow & RuleColumns;
 
