@@ -24,14 +24,19 @@ export interface CeilingOptions {
 }
 
 /** Status callbacks need somewhere to go: a sink that answers 204, as the app would. */
-async function callbackSink(): Promise<{ url: string; close(): Promise<void> }> {
+async function callbackSink(): Promise<{ url: string; received(): number; close(): Promise<void> }> {
+  let received = 0;
   const server = http.createServer((req, res) => {
     req.resume();
-    req.on('end', () => res.writeHead(204).end());
+    req.on('end', () => {
+      received++;
+      res.writeHead(204).end();
+    });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/status`,
+    received: () => received,
     close: () => new Promise<void>((r) => server.close(() => r()).closeAllConnections()),
   };
 }
@@ -86,8 +91,19 @@ export async function measureCarrierCeiling(options: CeilingOptions): Promise<nu
     if (failed > 0) throw new Error(`${failed} of ${count} sends were not accepted`);
     return Math.round((count / ms) * 1000);
   } finally {
-    // the last status callbacks come a few tens of milliseconds after the last send
-    await new Promise((r) => setTimeout(r, 500));
+    // The simulator posts two status callbacks per message, some after the
+    // last send: wait for them all (at most 30 s), so that none is left to
+    // fail against a closed sink, and retried, while the pipeline is measured.
+    const sent = Date.now();
+    let atHalfSecond: number | undefined;
+    while (sink.received() < 2 * count && Date.now() < sent + 30_000) {
+      await new Promise((r) => setTimeout(r, 50));
+      if (atHalfSecond === undefined && Date.now() >= sent + 500) atHalfSecond = sink.received();
+    }
+    process.stdout.write(
+      `ceiling: ${sink.received()} of ${2 * count} status callbacks received ${Date.now() - sent} ms after the last send` +
+        `${atHalfSecond === undefined ? '' : ` (${atHalfSecond} after 500 ms)`}\n`,
+    );
     await sim?.stop();
     await sink.close();
   }
