@@ -10,21 +10,14 @@ import { decide, type RuleColumns } from './rules.ts';
 export const DISPATCH_BATCH = 500;
 /**
  * Messages per send job: one claim transaction and one outcome transaction
- * (and one job fetched and completed) for each. 100 cost about 6 % less CPU
- * per message in the benchmarks (docs/performance.md), but a worker killed
- * mid-job then leaves twice as many messages `sending` for reconciliation,
- * which looks them up one at a time; the first default-scale chaos run with
- * 100 left one message `sent` past its settle window. Kept at 50 until
- * reconciliation is faster.
- */
-/**
- * Messages per send job: one claim transaction and one outcome transaction
  * (and one job fetched and completed) for each. 100 rather than 50 cost
  * about 6 % less CPU per message in the benchmarks (2026-11-24, alternating
  * runs; docs/performance.md), with the worker's default concurrency (8), so
  * the same number of messages in flight as 50 × 16. A worker killed mid-job
  * leaves up to this many messages `sending` for reconciliation, which looks
- * several up at a time.
+ * several up at a time (with one at a time, and the simulator scanning its
+ * whole log for each look-up by number, a first try at 100 left a chaos run
+ * minutes behind).
  */
 export const SEND_BATCH = 100;
 
