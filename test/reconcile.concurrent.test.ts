@@ -55,7 +55,7 @@ describe('reconciliation looking up several messages at once', () => {
     const p = await startPipeline({
       withWorker: false,
       faults: { hangAfterAccept: 1 },
-      timeoutMs: 15_000,
+      timeoutMs: 8_000,
       callbackDelayMs: { sent: [120_000, 120_000], final: [120_000, 120_000] },
     });
     try {
