@@ -77,6 +77,13 @@ export async function printStatementStats(db: Db, units: number, top = 25): Prom
       `wal per unit (whole run, setup included): ${(Number(w.records) / units).toFixed(1)} records, ${(Number(w.fpi) / units).toFixed(2)} full-page images, ${(Number(w.bytes) / units / 1024).toFixed(1)} KiB\n`,
     );
   }
+  // autovacuum's share: its CPU shows as the postmaster's (its workers exit)
+  const { rows: vacuumed } = await sql<{ relname: string; vacuums: number; analyzes: number; live: string; dead: string }>`
+    select relname, autovacuum_count::int as vacuums, autoanalyze_count::int as analyzes, n_live_tup::text as live, n_dead_tup::text as dead
+    from pg_stat_all_tables where autovacuum_count + autoanalyze_count > 0 order by autovacuum_count + autoanalyze_count desc limit 10`.execute(db);
+  process.stdout.write(
+    `autovacuum (whole run): ${vacuumed.map((t) => `${t.relname} ${t.vacuums} vacuums, ${t.analyzes} analyzes (live ${t.live}, dead ${t.dead})`).join('; ') || 'none'}\n`,
+  );
   const { rows: frequent } = await sql<{ calls: string; total_ms: number; plan_ms: number; query: string }>`
     select s.calls::text, total_exec_time as total_ms, total_plan_time as plan_ms, regexp_replace(query, '[[:space:]]+', ' ', 'g') as query
     from pg_stat_statements s order by s.calls desc limit 8`.execute(db);
