@@ -1,8 +1,7 @@
 import { sql } from 'kysely';
 import type { Tx } from '../db/db.ts';
-import { addJob } from '../jobs/enqueue.ts';
 import { CAMPAIGN_CLAIMABLE } from './campaignGate.ts';
-import { CONSENT_ALLOWS, ruleColumns, scheduleDeferred, SUBSCRIPTION_OK } from './dispatch.ts';
+import { CONSENT_ALLOWS, enqueueSends, ruleColumns, scheduleDeferred, SUBSCRIPTION_OK } from './dispatch.ts';
 import { applyLimits, countHourlySends, type LimitRow } from './limits.ts';
 import * as store from './messages.store.ts';
 import { releaseFor } from './reservations.ts';
@@ -72,7 +71,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     }
     for (const l of later) {
       await sql`update messages set next_attempt_at = ${new Date(l.at)}, updated_at = now() where id = any(${l.ids}::text[])`.execute(trx);
-      await addJob(trx, 'send', { messageIds: l.ids }, { runAt: new Date(l.at), maxAttempts: 10 });
+      await enqueueSends(trx, l.ids, new Date(l.at));
     }
 
     let claimed: store.MessageRow[] = [];
@@ -112,7 +111,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
       const again = sortDecisions(deps, await lockQueued(trx, missed, { consent: true }), new Date(), refused);
       // The rules let these go, yet the UPDATE did not: a gate moved in between; look again shortly.
       if (again.length > 0) {
-        await addJob(trx, 'send', { messageIds: again.map((m) => m.id) }, { runAt: new Date(Date.now() + 1_000), maxAttempts: 10 });
+        await enqueueSends(trx, again.map((m) => m.id), new Date(Date.now() + 1_000));
       }
     }
     // Last, so the account lock is the final lock this transaction takes.
@@ -164,7 +163,7 @@ async function requeueHeld(trx: Tx, ids: readonly string[], locked: readonly Cla
     where id = any(${ids.filter((id) => !got.has(id))}::text[]) and ${store.statusOfListed('messages', ['queued'])}
       and coalesce(next_attempt_at, send_at) <= now()`.execute(trx);
   if (rows.length === 0) return;
-  await addJob(trx, 'send', { messageIds: rows.map((r) => r.id) }, { runAt: new Date(Date.now() + HELD_RETRY_MS), maxAttempts: 10 });
+  await enqueueSends(trx, rows.map((r) => r.id), new Date(Date.now() + HELD_RETRY_MS));
 }
 
 /** The send rules for each message: those that may go now are returned, the rest added to `refused`. */
