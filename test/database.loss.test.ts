@@ -89,8 +89,15 @@ describe('workers whose database restarts', () => {
         const { rows } = await pool.query<{ n: number; locked: number }>(
           'select count(*)::int as n, (count(*) filter (where locked_by is not null))::int as locked from graphile_worker._private_jobs',
         );
-        // thrown, not undefined: a timeout then says how many are left and how many locked
-        if (rows[0]!.n !== 0) throw new Error(`${rows[0]!.n} jobs left, ${rows[0]!.locked} of them locked`);
+        // thrown, not undefined: a timeout then says how many are left, how many locked, and what they are
+        if (rows[0]!.n !== 0) {
+          const { rows: some } = await pool.query<{ job: string }>(
+            `select concat_ws(' ', t.identifier, 'attempts ' || j.attempts || '/' || j.max_attempts, 'run_at ' || j.run_at, 'key ' || j.key,
+               'locked ' || (j.locked_by is not null), 'error ' || left(j.last_error, 120)) as job
+             from graphile_worker._private_jobs j join graphile_worker._private_tasks t on t.id = j.task_id order by j.id limit 3`,
+          );
+          throw new Error(`${rows[0]!.n} jobs left, ${rows[0]!.locked} of them locked: ${some.map((r) => r.job).join('; ')}`);
+        }
         return rows[0];
       },
       90_000,
