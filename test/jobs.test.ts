@@ -116,3 +116,69 @@ describe('the hourly ledger verification job', () => {
     }
   });
 });
+
+/**
+ * The state a CI run of the database-loss test once ended in ("1 jobs left,
+ * 0 of them locked"): a maintenance job taken by a job runner that died,
+ * unlocked with its one attempt spent, its key handed to a fresh copy.
+ * graphile-worker keeps it for good; the sweep deletes it.
+ */
+describe('a periodic job whose job runner died while it ran', () => {
+  it('is deleted by the sweep; a spent job of any other task is kept', async () => {
+    const { buildTaskList, CRONTAB, PERIODIC_TASKS } = await import('../src/jobs/index.ts');
+    expect([...PERIODIC_TASKS].sort()).toEqual(['ledger_verify', 'reconcile', 'sweep']);
+    expect(CRONTAB).toMatch(/^\* \* \* \* \* sweep \?max=1/m);
+    // as startWorker's maintenance tick adds it
+    const tick = () => addJob(tdb.db, 'reconcile', {}, { jobKey: 'maintenance:reconcile', jobKeyMode: 'preserve_run_at', maxAttempts: 1, priority: -10 });
+    await tick();
+    // taken by a runner (graphile-worker counts the attempt when it locks the job) that then dies
+    await tdb.pool.query(
+      "update graphile_worker._private_jobs set attempts = attempts + 1, locked_at = now(), locked_by = 'dead-runner' where key = 'maintenance:reconcile'",
+    );
+    await tick(); // the key moves to a fresh copy
+    await tdb.pool.query("select graphile_worker.force_unlock_workers(array['dead-runner'])");
+    // a job of another task that failed for good is not the sweep's to delete
+    await addJob(tdb.db, 'campaign_check', { campaignId: 'cmp_spent' }, { maxAttempts: 1 });
+    await tdb.pool.query("update graphile_worker._private_jobs set attempts = 1, last_error = 'kept' where payload->>'campaignId' = 'cmp_spent'");
+    const jobs = async () =>
+      (
+        await tdb.pool.query<{ task: string; attempts: number; key: string | null; locked: boolean }>(
+          `select t.identifier as task, j.attempts, j.key, j.locked_at is not null as locked
+           from graphile_worker._private_jobs j join graphile_worker._private_tasks t on t.id = j.task_id
+           where t.identifier <> 'record' order by j.id`, // 'record': the tests above
+        )
+      ).rows;
+    expect(await jobs()).toEqual([
+      { task: 'reconcile', attempts: 1, key: null, locked: false }, // spent: never run again
+      { task: 'reconcile', attempts: 0, key: 'maintenance:reconcile', locked: false },
+      { task: 'campaign_check', attempts: 1, key: null, locked: false },
+    ]);
+
+    const real = await startWorker({
+      pool: tdb.pool,
+      taskList: buildTaskList({
+        db: tdb.db,
+        log: silentLog,
+        // no message to send or look up in this database
+        send: { db: tdb.db, carrier: unusedCarrier, publicUrl: 'http://localhost', log: silentLog, breakers: new Map() },
+      }),
+      concurrency: 1,
+      log: silentLog,
+      pollInterval: 100,
+    });
+    try {
+      await addJob(tdb.db, 'sweep', {});
+      const deadline = Date.now() + 20_000;
+      let left = await jobs();
+      while (left.length !== 1 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        left = await jobs();
+      }
+      // the fresh reconcile and the sweep ran and were removed as done; the spent copy was deleted
+      expect(left).toEqual([{ task: 'campaign_check', attempts: 1, key: null, locked: false }]);
+    } finally {
+      await real.stop();
+      await tdb.pool.query("delete from graphile_worker._private_jobs where payload->>'campaignId' = 'cmp_spent'");
+    }
+  });
+});

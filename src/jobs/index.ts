@@ -1,9 +1,9 @@
-import type { TaskList } from 'graphile-worker';
+import { parseCrontab, type TaskList } from 'graphile-worker';
 import { sql } from 'kysely';
 import * as campaigns from '../campaigns/index.ts';
 import { runContactImport } from '../contacts/index.ts';
 import { recordVerification, verifyLedger } from '../credits/index.ts';
-import type { Db } from '../db/db.ts';
+import type { Db, DbOrTx } from '../db/db.ts';
 import { dispatchOrganization, reconcile, type SendDeps, scheduleDispatch, sendBatch, sweep } from '../messaging/index.ts';
 import type { Logger } from '../shared/logger.ts';
 
@@ -75,6 +75,8 @@ export function buildTaskList(deps: TaskDeps): TaskList {
         for (const org of found.organizations) await scheduleDispatch(trx, org);
         await campaigns.sweepCampaigns(trx);
       });
+      const removed = await removeSpentPeriodicJobs(deps.db);
+      if (removed.length > 0) deps.log.info({ jobs: removed }, 'removed periodic jobs whose one attempt a dead job runner spent');
     },
     /** Turn a campaign's next recipients into messages and move its cursor. */
     campaign_advance: async (payload) => {
@@ -115,3 +117,24 @@ export const CRONTAB = [
   '* * * * * reconcile ?max=1&priority=-10',
   '* * * * * sweep ?max=1&priority=-10',
 ].join('\n');
+
+/** The tasks the crontab runs: each once a period, with one attempt. */
+export const PERIODIC_TASKS: readonly string[] = [...new Set(parseCrontab(CRONTAB).map((item) => item.task))];
+
+/**
+ * A periodic job taken by a job runner that then died (its database lost,
+ * its process killed) has spent its one attempt: once unlocked (by the
+ * supervisor in `startWorker`, or by graphile-worker after four hours) it is
+ * never run again, and graphile-worker keeps such jobs for good. The next
+ * period runs the task anyway, so the spent copy is deleted (the sweep does
+ * it, once a period). A periodic job that failed on its own is deleted too:
+ * its error was logged when it failed. Returns the deleted jobs' tasks.
+ */
+export async function removeSpentPeriodicJobs(db: DbOrTx): Promise<string[]> {
+  const { rows } = await sql<{ task: string }>`
+    delete from graphile_worker._private_jobs j using graphile_worker._private_tasks t
+    where t.id = j.task_id and t.identifier = any(${PERIODIC_TASKS}::text[])
+      and j.locked_at is null and j.attempts >= j.max_attempts
+    returning t.identifier as task`.execute(db);
+  return rows.map((r) => r.task);
+}
