@@ -105,6 +105,26 @@ try {
   }
   const p50 = percentile(latencies, 50);
   const p99 = percentile(latencies, 99);
+  // Where the time goes: accept → queued (dispatch: credits reserved, send
+  // job added), queued → sending (the job picked up and the claim's
+  // transaction begun), sending → carrier (the claim's transaction, the
+  // carrier call). Event times are their transactions' start (now()).
+  const { rows: stages } = await sql<{ body: string; created: Date; queued: Date | null; sending: Date | null }>`
+    select m.body, m.created_at as created,
+      (select min(e.at) from message_events e where e.message_id = m.id and e.to_status = 'queued') as queued,
+      (select min(e.at) from message_events e where e.message_id = m.id and e.to_status = 'sending') as sending
+    from messages m where m.body like 'bench %'`.execute(database.db);
+  const stage = (name: string, ms: number[]) => {
+    const sorted = ms.filter(Number.isFinite).sort((a, b) => a - b);
+    return `${name} p50=${Math.round(percentile(sorted, 50))} p99=${Math.round(percentile(sorted, 99))}`;
+  };
+  process.stdout.write(
+    `stages (ms): ${[
+      stage('accept→queued', stages.map((r) => (r.queued?.getTime() ?? Number.NaN) - r.created.getTime())),
+      stage('queued→sending', stages.map((r) => (r.sending?.getTime() ?? Number.NaN) - (r.queued?.getTime() ?? Number.NaN))),
+      stage('sending→carrier', stages.map((r) => (accepted.get(r.body) ?? Number.NaN) - (r.sending?.getTime() ?? Number.NaN))),
+    ].join('; ')}\n`,
+  );
   printCpu(cpu0, await cpuSnapshot(), COUNT);
   await printStatementStats(database.db, COUNT);
   process.stdout.write(`pipeline: ${COUNT} at the carrier ${((lastAccepted - t0) / 1000).toFixed(1)} s after the first request; duplicates=${duplicates}\n`);
