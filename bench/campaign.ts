@@ -15,7 +15,7 @@ import { newId } from '../src/shared/ids.ts';
 import { daytimeZone } from '../test/helpers/campaigns.ts';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { ceilingBefore, measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase, cpuSnapshot, messageTrail, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
+import { benchDatabase, cpuSnapshot, messageTrail, printCallbackStats, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_CAMPAIGN_RECIPIENTS ?? 100_000);
@@ -126,6 +126,7 @@ try {
   const rss = await peakRssMb(worker.child.pid);
   printCpu(cpu0, await cpuSnapshot(), COUNT);
   await printStatementStats(db, COUNT);
+  await printCallbackStats(simUrl);
   process.stdout.write(`campaign: ${COUNT} at the carrier ${(elapsed / 1000).toFixed(1)} s after start; duplicates=${duplicates}\n`);
 
   worker.child.kill('SIGTERM');

@@ -188,3 +188,16 @@ export function printLoggedProblems(name: string, output: string): void {
   process.stdout.write(`${name} logged problems:\n`);
   for (const [msg, n] of [...counts].sort((a, b) => b[1] - a[1]).slice(0, 8)) process.stdout.write(`  ${String(n).padStart(6)} × ${msg}\n`);
 }
+
+/**
+ * The simulator's status callbacks so far: posted, HTTP attempts, failed
+ * attempts (an error answer, a timeout or a refused connection: each is
+ * tried again, which costs the simulator and the api a request more).
+ */
+export async function printCallbackStats(simUrl: string): Promise<void> {
+  const stats = (await (await fetch(`${simUrl}/_sim/stats`)).json()) as {
+    callbacks: { posted: number; attempts: number; failedAttempts: number; gaveUp: number };
+  };
+  const c = stats.callbacks;
+  process.stdout.write(`status callbacks: ${c.posted} posted, ${c.attempts} attempts, ${c.failedAttempts} failed attempts, ${c.gaveUp} given up\n`);
+}

@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
 import { killAllSpawned } from '../test/helpers/process.ts';
 import { ceilingBefore, measureCarrierCeiling } from './carrier-ceiling.ts';
-import { benchDatabase, cpuSnapshot, messageTrail, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
+import { benchDatabase, cpuSnapshot, messageTrail, printCallbackStats, printCpu, printLoggedProblems, printStatementStats } from './harness.ts';
 import { startBenchStack } from './stack.ts';
 
 const COUNT = Number(process.env.BENCH_SEND_MESSAGES ?? 20_000);
@@ -127,6 +127,7 @@ try {
   );
   printCpu(cpu0, await cpuSnapshot(), COUNT);
   await printStatementStats(database.db, COUNT);
+  await printCallbackStats(simUrl);
   process.stdout.write(`pipeline: ${COUNT} at the carrier ${((lastAccepted - t0) / 1000).toFixed(1)} s after the first request; duplicates=${duplicates}\n`);
 
   worker.child.kill('SIGTERM');
