@@ -85,23 +85,28 @@ const unusedCarrier: Carrier = {
   validateWebhook: () => false,
 };
 
+/** A worker with Credence's real task list (and optionally its crontab); no message in this database reaches the carrier. */
+async function startRealWorker(crontab?: string): Promise<WorkerHandle> {
+  const { buildTaskList } = await import('../src/jobs/index.ts');
+  return startWorker({
+    pool: tdb.pool,
+    taskList: buildTaskList({
+      db: tdb.db,
+      log: silentLog,
+      send: { db: tdb.db, carrier: unusedCarrier, publicUrl: 'http://localhost', log: silentLog, breakers: new Map() },
+    }),
+    ...(crontab !== undefined && { crontab }),
+    concurrency: 1,
+    log: silentLog,
+    pollInterval: 100,
+  });
+}
+
 describe('the hourly ledger verification job', () => {
   it('runs through the worker and records its result for /metrics', async () => {
-    const { buildTaskList, CRONTAB } = await import('../src/jobs/index.ts');
+    const { CRONTAB } = await import('../src/jobs/index.ts');
     expect(CRONTAB).toMatch(/^0 \* \* \* \* ledger_verify/m);
-    const real = await startWorker({
-      pool: tdb.pool,
-      taskList: buildTaskList({
-        db: tdb.db,
-        log: silentLog,
-        // this test only runs ledger_verify; the send deps are never reached
-        send: { db: tdb.db, carrier: unusedCarrier, publicUrl: 'http://localhost', log: silentLog, breakers: new Map() },
-      }),
-      crontab: CRONTAB,
-      concurrency: 1,
-      log: silentLog,
-      pollInterval: 100,
-    });
+    const real = await startRealWorker(CRONTAB);
     try {
       await addJob(tdb.db, 'ledger_verify', {});
       const deadline = Date.now() + 20_000;
@@ -125,7 +130,7 @@ describe('the hourly ledger verification job', () => {
  */
 describe('a periodic job whose job runner died while it ran', () => {
   it('is deleted by the sweep; a spent job of any other task is kept', async () => {
-    const { buildTaskList, CRONTAB, PERIODIC_TASKS } = await import('../src/jobs/index.ts');
+    const { CRONTAB, PERIODIC_TASKS } = await import('../src/jobs/index.ts');
     expect([...PERIODIC_TASKS].sort()).toEqual(['ledger_verify', 'reconcile', 'sweep']);
     expect(CRONTAB).toMatch(/^\* \* \* \* \* sweep \?max=1/m);
     // as startWorker's maintenance tick adds it
@@ -154,18 +159,7 @@ describe('a periodic job whose job runner died while it ran', () => {
       { task: 'campaign_check', attempts: 1, key: null, locked: false },
     ]);
 
-    const real = await startWorker({
-      pool: tdb.pool,
-      taskList: buildTaskList({
-        db: tdb.db,
-        log: silentLog,
-        // no message to send or look up in this database
-        send: { db: tdb.db, carrier: unusedCarrier, publicUrl: 'http://localhost', log: silentLog, breakers: new Map() },
-      }),
-      concurrency: 1,
-      log: silentLog,
-      pollInterval: 100,
-    });
+    const real = await startRealWorker();
     try {
       await addJob(tdb.db, 'sweep', {});
       const deadline = Date.now() + 20_000;
