@@ -76,7 +76,7 @@ export function buildTaskList(deps: TaskDeps): TaskList {
         await campaigns.sweepCampaigns(trx);
       });
       const removed = await removeSpentPeriodicJobs(deps.db);
-      if (removed.length > 0) deps.log.info({ jobs: removed }, 'removed periodic jobs whose one attempt a dead job runner spent');
+      if (removed.length > 0) deps.log.info({ jobs: removed }, 'removed periodic jobs whose one attempt was spent (the next period runs them)');
     },
     /** Turn a campaign's next recipients into messages and move its cursor. */
     campaign_advance: async (payload) => {
