@@ -248,3 +248,32 @@ describe('segments', () => {
     expect((await call(b.workspaceKey, 'GET', '/v1/segments')).body.data!.map((s) => s.id)).not.toContain(id);
   });
 });
+
+describe('erasing a number whose contact came back', () => {
+  it('folds the new contact into the one erased before: 200, names gone, its lists kept, one contact for the hash', async () => {
+    const number = phone();
+    const list = await call(a.workspaceKey, 'POST', '/v1/lists', { name: 'erasure twice' });
+    const listId = list.body.id as string;
+    const add = async (first_name: string) => {
+      const c = await contact(a.workspaceKey, { phone: number, first_name, attributes: { tier: 'gold' } });
+      expect((await call(a.workspaceKey, 'POST', `/v1/lists/${listId}/members`, { contact_ids: [c.id] })).status).toBeLessThan(300);
+      return c;
+    };
+    const erase = () => call(a.workspaceKey, 'POST', '/v1/privacy/erasures', { phone: number });
+    const first = await add('Jane');
+    expect((await erase()).status).toBe(200);
+    await add('Jane again'); // added again later (by the API or an import)
+    const second = await erase();
+    expect(second.status, JSON.stringify(second.body)).toBe(200);
+    expect(second.body).toMatchObject({ contacts_pseudonymized: 1 });
+    const left = await tdb.pool.query<{ id: string; phone: string; first_name: string | null; attributes: unknown }>(
+      "select id, phone, first_name, attributes from contacts where workspace_id = $1 and (phone = $2 or phone = $3)",
+      [a.workspaceId, number, second.body.phone_hash],
+    );
+    expect(left.rows).toEqual([{ id: first.id, phone: second.body.phone_hash, first_name: null, attributes: {} }]);
+    const members = await tdb.pool.query<{ contact_id: string }>('select contact_id from contact_list_members where list_id = $1', [listId]);
+    expect(members.rows).toEqual([{ contact_id: first.id }]);
+    // and a third time, with nothing to fold, changes nothing
+    expect((await erase()).status).toBe(200);
+  });
+});

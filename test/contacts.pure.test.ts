@@ -176,6 +176,10 @@ describe('merging', () => {
   it('field rules name the field', () => {
     expect(() => validateContactFields({ timezone: 'Nowhere/Town' })).toThrow(/timezone/);
     expect(() => validateContactFields({ locale: 'english please' })).toThrow(/locale/);
+    // PostgreSQL cannot store U+0000: a 422 naming the field, not a 500 from the database
+    expect(() => validateContactFields({ first_name: 'Ja\u0000ne' })).toThrow(/first_name: contains a NUL character/);
+    expect(() => validateContactFields({ attributes: { tier: 'go\u0000ld' } })).toThrow(/attributes\.tier: contains a NUL character/);
+    expect(() => validateContactFields({ attributes: { 'ti\u0000er': 'gold' } })).toThrow(/NUL character/);
     expect(() => validateContactFields({ attributes: { '': 'x' } })).toThrow(/attributes\./);
     expect(() => validateContactFields({ timezone: 'Europe/Paris', locale: 'fr-CA', attributes: { vip: true, n: 3 } })).not.toThrow();
   });

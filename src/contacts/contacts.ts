@@ -35,17 +35,27 @@ export function localeProblem(value: string): string | undefined {
   return value.length <= LOCALE_MAX && LOCALE_RE.test(value) ? undefined : 'must be a BCP 47 language tag such as en or fr-CA';
 }
 
+/** PostgreSQL's text and jsonb cannot hold U+0000: a value with one could never be stored. */
+export const NUL_PROBLEM = 'contains a NUL character (U+0000), which cannot be stored';
+
 export function nameProblem(value: string): string | undefined {
+  if (value.includes('\u0000')) return NUL_PROBLEM;
   return value.length <= NAME_MAX ? undefined : `must be at most ${NAME_MAX} characters`;
 }
 
 export function attributeKeyProblem(key: string): string | undefined {
   if (key.length === 0 || key.length > ATTRIBUTE_KEY_MAX) return `names must be 1 to ${ATTRIBUTE_KEY_MAX} characters`;
+  if (key.includes('\u0000')) return `names ${NUL_PROBLEM}`;
+  // assigned to a plain object it would set the prototype, not a key: the value would be lost
+  if (key === '__proto__') return 'names may not be __proto__';
   return undefined;
 }
 
 export function attributeValueProblem(value: unknown): string | undefined {
-  if (typeof value === 'string') return value.length <= ATTRIBUTE_VALUE_MAX ? undefined : `must be at most ${ATTRIBUTE_VALUE_MAX} characters`;
+  if (typeof value === 'string') {
+    if (value.includes('\u0000')) return NUL_PROBLEM;
+    return value.length <= ATTRIBUTE_VALUE_MAX ? undefined : `must be at most ${ATTRIBUTE_VALUE_MAX} characters`;
+  }
   if (typeof value === 'number') return Number.isFinite(value) ? undefined : 'must be a finite number';
   if (typeof value === 'boolean') return undefined;
   return 'must be a string, a number or a boolean';

@@ -1,11 +1,13 @@
 import type { Options } from 'csv-parse';
 import { CONSENT_PURPOSES } from '../consent/index.ts';
-import { ATTRIBUTE_KEY_MAX } from './contacts.ts';
+import { ATTRIBUTE_KEY_MAX, attributeKeyProblem, NUL_PROBLEM } from './contacts.ts';
 
 /**
  * CSV dialect (pure): UTF-8 (a BOM is skipped), comma-separated, fields
  * optionally quoted with `"` (`""` inside is a quote; a quoted field may hold
- * commas and newlines), records ended by LF or CRLF. Empty lines are
+ * commas and newlines), records ended by LF or CRLF, mixed in one file too
+ * (a bare CR ends nothing: old Mac files are one long line, refused at
+ * upload). Empty lines are
  * skipped. A `"` inside an unquoted field is kept as a character.
  */
 export const MAX_RECORD_BYTES = 64 * 1024;
@@ -15,6 +17,10 @@ export const CSV_OPTIONS: Options = {
   delimiter: ',',
   quote: '"',
   escape: '"',
+  // As CsvScanner counts them, whatever the first line ends with: without
+  // this csv-parse takes the first line's ending for every record, and a
+  // CRLF header over LF rows ran all the rows together into one.
+  record_delimiter: ['\r\n', '\n'],
   skip_empty_lines: true,
   relax_quotes: true,
   // record length is checked per row, so one short or long row is an error row, not a failed import
@@ -132,6 +138,9 @@ function isImportField(value: string): value is ImportField {
 export function resolveColumns(headers: readonly string[], mapping: Readonly<Record<string, string>> = {}): ColumnsResult {
   if (headers.length > MAX_COLUMNS) return { ok: false, field: 'body', reason: `has ${headers.length} columns, at most ${MAX_COLUMNS} are accepted` };
   const names = headers.map((h) => h.trim());
+  // the mapping is stored with every header, ignored ones too
+  const withNul = names.find((h) => h.includes('\u0000'));
+  if (withNul !== undefined) return { ok: false, field: 'body', reason: `the header ${JSON.stringify(withNul.slice(0, 40))} ${NUL_PROBLEM}` };
   for (const [key, value] of Object.entries(mapping)) {
     if (!isImportField(value)) {
       return { ok: false, field: `mapping.${key}`, reason: `must be one of ${NAMED_FIELDS.join(', ')}, attributes.<name> or ignore` };
@@ -148,6 +157,8 @@ export function resolveColumns(headers: readonly string[], mapping: Readonly<Rec
     if (field.length > 'attributes.'.length + ATTRIBUTE_KEY_MAX) {
       return { ok: false, field: 'body', reason: `column "${header.slice(0, 40)}…" makes an attribute name longer than ${ATTRIBUTE_KEY_MAX} characters: map it` };
     }
+    const keyProblem = field.startsWith('attributes.') ? attributeKeyProblem(field.slice('attributes.'.length)) : undefined;
+    if (keyProblem !== undefined) return { ok: false, field: 'body', reason: `column "${header}" makes an attribute whose ${keyProblem}: map it` };
     if (field !== 'ignore') {
       const other = seen.get(field);
       if (other !== undefined) return { ok: false, field: 'body', reason: `columns "${other}" and "${header}" both fill ${field}` };

@@ -1,6 +1,6 @@
 import type { ConsentPurpose } from '../consent/index.ts';
 import { parsePhone } from '../shared/phone.ts';
-import { attributeValueProblem, localeProblem, nameProblem, timezoneProblem } from './contacts.ts';
+import { attributeValueProblem, localeProblem, nameProblem, NUL_PROBLEM, timezoneProblem } from './contacts.ts';
 import type { Column } from './csv.ts';
 
 /**
@@ -49,7 +49,10 @@ export function readRow(columns: readonly Column[], record: readonly string[], r
   // the phone first: without it the row is nothing, whatever else is wrong
   const rawPhone = (record[columns.findIndex((c) => c.field === 'phone')] ?? '').trim();
   const phone = parsePhone(rawPhone, defaultCountry);
-  if (!phone.ok) return fail('phone', rawPhone === '' ? phone.reason : `${shown(rawPhone)} ${phone.reason}`);
+  // The reason does not repeat the number: error rows are kept, and an
+  // erasure of that number (which finds it by its E.164 form) could not
+  // find it in them. The row number points at it in the client's file.
+  if (!phone.ok) return fail('phone', phone.problem);
   const out: ImportRow = {
     row,
     phone: phone.e164,
@@ -65,6 +68,7 @@ export function readRow(columns: readonly Column[], record: readonly string[], r
     const value = record[i]!.trim();
     const field = column.field;
     if (field === 'ignore' || field === 'phone' || value === '') continue;
+    if (value.includes('\u0000')) return fail(field, NUL_PROBLEM);
     if (field.startsWith('attributes.')) {
       const reason = attributeValueProblem(value);
       if (reason !== undefined) return fail(field, reason);

@@ -152,7 +152,7 @@ export async function finishImport(
         error = ${outcome.status === 'failed' ? outcome.error : null},
         rows_total = case when ${outcome.status} = 'completed' then rows_done else greatest(rows_total, rows_done) end,
         finished_at = now()
-      where id = ${importId} and status = 'running' returning *`.execute(trx);
+      where id = ${importId} and status in ('queued', 'running') returning *`.execute(trx);
     if (rows[0] !== undefined) await sql`delete from contact_import_chunks where import_id = ${importId}`.execute(trx);
     return rows[0];
   });

@@ -100,3 +100,16 @@ export async function runContactImport(deps: { db: Db; log: Logger }, payload: u
     );
   }
 }
+
+/**
+ * The `contact_import` job's last attempt failed too (a fault no rerun
+ * mends): the import ends `failed` with the error instead of staying
+ * `running` for good, and its stored file (personal data) is deleted with
+ * it. The rows written before stay imported.
+ */
+export async function abandonContactImport(deps: { db: Db; log: Logger }, payload: unknown, attempts: number, err: unknown): Promise<void> {
+  const importId = importIdOf(payload);
+  const message = err instanceof Error ? err.message : String(err);
+  const done = await finishImport(deps.db, importId, { status: 'failed', error: `gave up after ${attempts} attempts: ${message.slice(0, 500)}` });
+  deps.log.error({ import_id: importId, err, attempts, rows_done: done?.rows_done }, 'contact import failed for good');
+}

@@ -21,7 +21,7 @@ export {
 } from './contacts.store.ts';
 export { CsvScanner, type Column, type ImportField, resolveColumns } from './csv.ts';
 export { consentCell, groupByPhone, type ImportRow, readRow, type RowError } from './importRows.ts';
-export { IMPORT_BATCH_ROWS, runContactImport } from './imports.ts';
+export { abandonContactImport, IMPORT_BATCH_ROWS, runContactImport } from './imports.ts';
 export {
   type ContactImport,
   getImport,

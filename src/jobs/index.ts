@@ -1,7 +1,7 @@
 import { parseCrontab, type TaskList } from 'graphile-worker';
 import { sql } from 'kysely';
 import * as campaigns from '../campaigns/index.ts';
-import { runContactImport } from '../contacts/index.ts';
+import { abandonContactImport, runContactImport } from '../contacts/index.ts';
 import { recordVerification, verifyLedger } from '../credits/index.ts';
 import type { Db, DbOrTx } from '../db/db.ts';
 import { dispatchOrganization, reconcile, type SendDeps, scheduleDispatch, sendBatch, sweep } from '../messaging/index.ts';
@@ -91,8 +91,14 @@ export function buildTaskList(deps: TaskDeps): TaskList {
       await campaigns.checkCampaign(deps, stringField(payload, 'campaignId'));
     },
     /** Parse an uploaded contacts CSV, in batches, with progress. */
-    contact_import: async (payload) => {
-      await runContactImport(deps, payload);
+    contact_import: async (payload, helpers) => {
+      try {
+        await runContactImport(deps, payload);
+      } catch (err) {
+        if (helpers.job.attempts < helpers.job.max_attempts) throw err;
+        // the last attempt: the import records the failure (its row, not the job, is what users see)
+        await abandonContactImport(deps, payload, helpers.job.attempts, err);
+      }
     },
     /** G4: recompute every account from its entries; the result feeds /metrics. */
     ledger_verify: async () => {

@@ -1,6 +1,6 @@
 import { sql } from 'kysely';
 import * as consent from '../consent/index.ts';
-import type { Db } from '../db/db.ts';
+import type { Db, Tx } from '../db/db.ts';
 import * as messaging from '../messaging/index.ts';
 import { DomainError } from '../shared/errors.ts';
 
@@ -70,9 +70,7 @@ export async function erasePhone(db: Db, scope: { organizationId: string; worksp
     const inbound = await sql`update inbound_messages set from_number = ${hash}, body = '[erased]', payload = '{}'::jsonb, erased = true
       where workspace_id = ${scope.workspaceId} and from_number = ${phone}`.execute(trx);
     // the contact and every campaign's snapshot of it
-    const contacts = await sql`update contacts set phone = ${hash}, first_name = null, last_name = null, locale = null,
-        attributes = '{}'::jsonb, updated_at = now()
-      where workspace_id = ${scope.workspaceId} and phone = ${phone}`.execute(trx);
+    const contactsErased = await eraseContact(trx, scope.workspaceId, phone, hash);
     await sql`update campaign_recipients r set phone = ${hash}, variables = '{}'::jsonb
       from campaigns c where c.id = r.campaign_id and c.workspace_id = ${scope.workspaceId} and r.phone = ${phone}`.execute(trx);
     const consents = await consent.eraseConsentEvents(trx, scope.workspaceId, phone);
@@ -83,7 +81,36 @@ export async function erasePhone(db: Db, scope: { organizationId: string; worksp
       messages_cancelled: cancelled.length,
       consent_events_pseudonymized: consents,
       inbound_pseudonymized: Number(inbound.numAffectedRows ?? 0),
-      contacts_pseudonymized: Number(contacts.numAffectedRows ?? 0),
+      contacts_pseudonymized: contactsErased,
     };
   });
+}
+
+/**
+ * The contact of `phone` takes the number's hash and loses its names,
+ * locale and attributes. A number erased before already has such a contact
+ * (the hash is the same each time): a contact added again since (by the
+ * API, an import) is folded into that one instead (its list memberships
+ * and campaign snapshots moved to it, then deleted), as the workspace's
+ * one contact per phone would refuse a second. Returns the contacts erased.
+ */
+async function eraseContact(trx: Tx, workspaceId: string, phone: string, hash: string): Promise<number> {
+  const { rows } = await sql<{ erased: string; fresh: string }>`
+    select e.id as erased, f.id as fresh from contacts e join contacts f on f.workspace_id = e.workspace_id and f.phone = ${phone}
+    where e.workspace_id = ${workspaceId} and e.phone = ${hash}
+    for update`.execute(trx);
+  const twin = rows[0];
+  if (twin === undefined) {
+    const updated = await sql`update contacts set phone = ${hash}, first_name = null, last_name = null, locale = null,
+        attributes = '{}'::jsonb, updated_at = now()
+      where workspace_id = ${workspaceId} and phone = ${phone}`.execute(trx);
+    return Number(updated.numAffectedRows ?? 0);
+  }
+  await sql`insert into contact_list_members (list_id, contact_id)
+    select list_id, ${twin.erased} from contact_list_members where contact_id = ${twin.fresh}
+    on conflict do nothing`.execute(trx);
+  await sql`update campaign_recipients r set contact_id = ${twin.erased}
+    from campaigns c where c.id = r.campaign_id and c.workspace_id = ${workspaceId} and r.contact_id = ${twin.fresh}`.execute(trx);
+  await sql`delete from contacts where id = ${twin.fresh}`.execute(trx);
+  return 1;
 }

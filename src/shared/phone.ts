@@ -21,20 +21,22 @@ export type NumberType =
 
 export type ParsedPhone =
   | { ok: true; e164: string; country: string; type: NumberType }
-  | { ok: false; reason: string };
+  /** `reason` may name the number as parsed; `problem` never does (for what is stored). */
+  | { ok: false; reason: string; problem: string };
 
 /** Parse a number given in E.164 (or national format with a default country). */
 export function parsePhone(input: string, defaultCountry?: string): ParsedPhone {
   const trimmed = input.trim();
-  if (trimmed === '') return { ok: false, reason: 'is empty' };
-  if (trimmed.length > 32) return { ok: false, reason: 'is too long to be a phone number' };
+  const fail = (problem: string, number?: string): ParsedPhone => ({ ok: false, reason: number === undefined ? problem : `${number} ${problem}`, problem });
+  if (trimmed === '') return fail('is empty');
+  if (trimmed.length > 32) return fail('is too long to be a phone number');
   const parsed = parsePhoneNumberFromString(
     trimmed,
     defaultCountry as Parameters<typeof parsePhoneNumberFromString>[1],
   );
-  if (parsed === undefined) return { ok: false, reason: 'is not a phone number' };
-  if (!parsed.isValid()) return { ok: false, reason: `${parsed.number} is not a valid phone number` };
+  if (parsed === undefined) return fail('is not a phone number');
+  if (!parsed.isValid()) return fail('is not a valid phone number', parsed.number);
   const country = parsed.country;
-  if (country === undefined) return { ok: false, reason: `${parsed.number} has no country` };
+  if (country === undefined) return fail('has no country', parsed.number);
   return { ok: true, e164: parsed.number, country, type: (parsed.getType() ?? 'UNKNOWN') as NumberType };
 }
