@@ -47,6 +47,8 @@ describe('happy path and API contract', () => {
       [{ to: TO, body: 'x', purpose: 'spam' }, 'purpose'],
       [{ to: TO, body: 'x', send_at: 'tomorrow' }, 'send_at'],
       [{ to: TO, body: 'x', colour: 'red' }, 'colour'],
+      // PostgreSQL cannot store U+0000: a 422, not a 500 from the database
+      [{ to: TO, body: 'Your code\u0000 is 1234' }, 'body'],
     ] as const) {
       const res = await sendViaApi(p, payload as { to: string; body: string });
       expect(res.statusCode, JSON.stringify(payload)).toBe(422);
@@ -84,6 +86,19 @@ describe('happy path and API contract', () => {
     expect(new Set(q.map((r) => r.json.id)).size).toBe(30);
     const { rows } = await sql<{ n: number }>`select count(*)::int as n from messages where dedupe_key = 'api:burst-key'`.execute(p.tdb.db);
     expect(rows[0]!.n).toBe(1);
+  });
+
+  it('a NUL character in one request of a burst is that request refused; the others, sharing its intake batch, are stored', async () => {
+    const burst = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => sendViaApi(p, { to: TO, body: i === 7 ? 'nul \u0000 burst' : `nul burst ${i}` })),
+    );
+    expect(burst.map((r) => r.statusCode)).toEqual(burst.map((_, i) => (i === 7 ? 422 : 202)));
+    expect(burst[7]!.json).toMatchObject({ status: 422, errors: [{ field: 'body', in: 'body' }] });
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from messages where body like 'nul burst %'`.execute(p.tdb.db);
+    expect(rows[0]!.n).toBe(19);
+    const query = await p.app.inject({ method: 'GET', url: '/v1/messages?to=%2B1415%00', headers: bearer(p.tenant.workspaceKey) });
+    expect(query.statusCode).toBe(422);
+    expect(query.json()).toMatchObject({ errors: [{ field: 'to', in: 'querystring' }] });
   });
 
   it('lists with filters, and another tenant sees nothing (404 on the message)', async () => {

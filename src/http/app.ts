@@ -10,7 +10,7 @@ import type { Config } from '../config.ts';
 import type { Db } from '../db/db.ts';
 import type { Logger } from '../shared/logger.ts';
 import { authHook } from './auth.ts';
-import { errorHandler, sendProblem } from './problem.ts';
+import { errorHandler, nulField, sendProblem } from './problem.ts';
 import { creditsRoutes } from './routes/credits.ts';
 import { healthRoutes } from './routes/health.ts';
 import { messageRoutes } from './routes/messages.ts';
@@ -76,6 +76,19 @@ export async function buildApp(deps: AppDeps) {
     reply.header('x-request-id', request.id);
   });
   app.addHook('onRequest', authHook(deps.db));
+  // Before any route's own validation: a value PostgreSQL could not store is a 422, whichever route.
+  app.addHook('preValidation', async (request, reply) => {
+    for (const [where, part] of [['body', request.body], ['querystring', request.query], ['params', request.params]] as const) {
+      const field = nulField(part);
+      if (field !== undefined) {
+        return sendProblem(reply, request, 'validation_error', {
+          detail: `${field}: contains a NUL character (U+0000), which cannot be stored`,
+          fields: [{ field, in: where, reason: 'contains a NUL character (U+0000), which cannot be stored' }],
+        });
+      }
+    }
+    return undefined;
+  });
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((request, reply) =>
     sendProblem(reply, request, 'not_found', {

@@ -95,3 +95,33 @@ export function errorHandler(
     detail: 'Something went wrong on our side; the request id identifies it in our logs.',
   });
 }
+
+/**
+ * The first string, or object key, holding U+0000 in a parsed request part
+ * (JSON body, query, path parameters), as a field path; undefined if none.
+ * PostgreSQL's text and jsonb cannot hold that character: without this
+ * check such a value reached the database and came back as a 500 (or, in a
+ * batch of intakes, failed the requests it shared a statement with).
+ * Buffers and other non-plain values (a raw webhook body) are not walked.
+ */
+export function nulField(value: unknown, path = ''): string | undefined {
+  const at = (key: string) => (path === '' ? key : `${path}.${key}`);
+  if (typeof value === 'string') return value.includes('\u0000') ? (path === '' ? '(root)' : path) : undefined;
+  if (Array.isArray(value)) {
+    for (const [i, v] of value.entries()) {
+      const found = nulField(v, at(String(i)));
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+  if (typeof value !== 'object' || value === null) return undefined;
+  // plain objects only: a JSON body (Object.prototype), a parsed query (a prototype-less prototype)
+  const proto: unknown = Object.getPrototypeOf(value);
+  if (proto !== null && Object.getPrototypeOf(proto) !== null) return undefined;
+  for (const [k, v] of Object.entries(value)) {
+    if (k.includes('\u0000')) return at(JSON.stringify(k).slice(1, -1));
+    const found = nulField(v, at(k));
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
