@@ -138,8 +138,15 @@ class Settle implements Cmd {
           m.b.spent -= amount;
           target.state = 'refunded';
         }
+        const backA = target.period === m.period ? target.a : 0; // expired otherwise
         m.b.purchased += target.p;
-        if (target.period === m.period) m.b.allowance += target.a; // expired otherwise
+        m.b.allowance += backA;
+        // what came back repays debt first: purchased, then allowance
+        const fromP = Math.min(m.b.debt, target.p);
+        const fromA = Math.min(m.b.debt - fromP, backA);
+        m.b.purchased -= fromP;
+        m.b.allowance -= fromA;
+        m.b.debt -= fromP + fromA;
       }
     }
     await check(m, r);

@@ -79,6 +79,20 @@ describe('bucket arithmetic', () => {
     expect(applyAll(spent, planRefund(split, false))).toEqual(b({ allowance: 50, purchased: 1 }));
   });
 
+  it('credits that come back (release, refund) repay debt first: purchased, then allowance of the same period', () => {
+    // a refunded period's clawback found its 100 allowance reserved: debt 100; the reservation then comes back
+    const whole = { fromAllowance: 100, fromPurchased: 0 };
+    expect(applyAll(b({ reservedAllowance: 100, debt: 100 }), planRelease(whole, true, 100))).toEqual(ZERO);
+    const mixed = { fromAllowance: 4, fromPurchased: 3 };
+    expect(applyAll(b({ reservedAllowance: 4, reservedPurchased: 3, debt: 5 }), planRelease(mixed, true, 5))).toEqual(b({ allowance: 2 }));
+    expect(applyAll(b({ reservedAllowance: 4, reservedPurchased: 3, debt: 2 }), planRelease(mixed, true, 2))).toEqual(b({ allowance: 4, purchased: 1 }));
+    // allowance of a renewed period expires; it repays nothing
+    expect(applyAll(b({ reservedAllowance: 4, reservedPurchased: 3, debt: 5 }), planRelease(mixed, false, 5))).toEqual(b({ debt: 2 }));
+    expect(applyAll(b({ spent: 7, debt: 9 }), planRefund(mixed, true, 9))).toEqual(b({ debt: 2 }));
+    expect(planRelease(mixed, true, 5).map((e) => e.kind)).toEqual(['release', 'debt_repayment']);
+    expect(planRelease(mixed, true, 0).map((e) => e.kind)).toEqual(['release']);
+  });
+
   it('property: any sequence of planned operations keeps every balance ≥ 0 and conserves credits', () => {
     const op = fc.oneof(
       fc.record({ t: fc.constant('credit' as const), n: fc.integer({ min: 1, max: 50 }) }),

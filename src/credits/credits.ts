@@ -201,10 +201,27 @@ export function captureDelta(s: Split): Delta {
 }
 
 /**
+ * Credits that came back (a release, a refund) repay outstanding debt first,
+ * as credits coming in do: purchased, then allowance. Debt arises when a
+ * clawback found the credits reserved (it never takes reserved credits);
+ * when those reservations come back, they settle it. Without this an
+ * account could hold spendable credits and debt at once, every reservation
+ * refused for the debt, and the allowance expiring at renewal unspent.
+ */
+function repayFromReturned(debt: number, purchased: number, allowance: number): PlannedEntry[] {
+  const fromPurchased = Math.min(debt, purchased);
+  const fromAllowance = Math.min(debt - fromPurchased, allowance);
+  if (fromPurchased + fromAllowance === 0) return [];
+  return [{ kind: 'debt_repayment', delta: delta({ purchased: -fromPurchased, allowance: -fromAllowance, debt: -(fromPurchased + fromAllowance) }) }];
+}
+
+/**
  * A release returns credits to the bucket they came from. Allowance credits
  * from a period that has since been renewed expire instead of coming back.
+ * With debt outstanding (`debt`, the account's before this release), what
+ * came back repays it first.
  */
-export function planRelease(s: Split, samePeriod: boolean): PlannedEntry[] {
+export function planRelease(s: Split, samePeriod: boolean, debt = 0): PlannedEntry[] {
   const entries: PlannedEntry[] = [
     {
       kind: 'release',
@@ -219,11 +236,12 @@ export function planRelease(s: Split, samePeriod: boolean): PlannedEntry[] {
   if (!samePeriod && s.fromAllowance > 0) {
     entries.push({ kind: 'allowance_expiry', delta: delta({ allowance: -s.fromAllowance }) });
   }
+  entries.push(...repayFromReturned(debt, s.fromPurchased, samePeriod ? s.fromAllowance : 0));
   return entries;
 }
 
-/** A refund of a captured message gives its credits back, like a release of spent credits. */
-export function planRefund(s: Split, samePeriod: boolean): PlannedEntry[] {
+/** A refund of a captured message gives its credits back, like a release of spent credits (and repays debt first). */
+export function planRefund(s: Split, samePeriod: boolean, debt = 0): PlannedEntry[] {
   const entries: PlannedEntry[] = [
     {
       kind: 'refund',
@@ -237,5 +255,6 @@ export function planRefund(s: Split, samePeriod: boolean): PlannedEntry[] {
   if (!samePeriod && s.fromAllowance > 0) {
     entries.push({ kind: 'allowance_expiry', delta: delta({ allowance: -s.fromAllowance }) });
   }
+  entries.push(...repayFromReturned(debt, s.fromPurchased, samePeriod ? s.fromAllowance : 0));
   return entries;
 }

@@ -491,7 +491,9 @@ function settleOp(kind: 'capture' | 'release' | 'refund') {
         request: [...input.reservationIds],
         actor: input.actor,
       },
-      async (trx, account, _b) => {
+      async (trx, account, b) => {
+        // the balances as this operation's entries so far leave them: debt repaid by one release is not repaid again
+        let current = b;
         const rows = await store.findReservations(trx, input.organizationId, input.reservationIds);
         const byId = new Map(rows.map((r) => [r.id, r]));
         const entries: store.EntryInsert[] = [];
@@ -516,8 +518,9 @@ function settleOp(kind: 'capture' | 'release' | 'refund') {
             kind === 'capture'
               ? [{ kind: 'capture', delta: captureDelta(split) }]
               : kind === 'release'
-                ? planRelease(split, samePeriod)
-                : planRefund(split, samePeriod);
+                ? planRelease(split, samePeriod, current.debt)
+                : planRefund(split, samePeriod, current.debt);
+          current = applyAll(current, planned);
           entries.push(
             ...keyed(
               input.idempotencyKey,
