@@ -211,6 +211,8 @@ export interface RenewalResult {
   expired: number;
   granted: number;
   period: string;
+  /** `onlyIfLatest` and the account already holds a later period: nothing changed. */
+  superseded?: boolean;
   balances: BalancesView;
 }
 
@@ -223,6 +225,12 @@ export function renewAllowance(
     periodStart: Date;
     idempotencyKey: string;
     actor: LedgerActor;
+    /**
+     * Renew only if no later period has renewed the account: decided under
+     * the account's lock, so an older invoice handled while a newer one's
+     * renewal commits cannot replace the newer allowance.
+     */
+    onlyIfLatest?: boolean;
   },
 ): Promise<Replayable<RenewalResult>> {
   if (!Number.isSafeInteger(input.amount) || input.amount < 0) throw validationError('amount', 'must be an integer ≥ 0');
@@ -235,11 +243,17 @@ export function renewAllowance(
       request: { amount: input.amount, period: input.period },
       actor: input.actor,
     },
-    async (_trx, _acc, b) => ({
-      entries: keyed(input.idempotencyKey, planRenewal(b, input.amount), { reason: `allowance period ${input.period}` }),
-      allowancePeriod: { id: input.period, start: input.periodStart },
-      result: (after) => ({ expired: b.allowance, granted: input.amount, period: input.period, balances: view(after) }),
-    }),
+    async (_trx, acc, b) => {
+      const later = acc.allowance_period_start !== null && acc.allowance_period_start.getTime() > input.periodStart.getTime();
+      if (input.onlyIfLatest === true && later) {
+        return { entries: [], result: (after) => ({ expired: 0, granted: 0, period: input.period, superseded: true, balances: view(after) }) };
+      }
+      return {
+        entries: keyed(input.idempotencyKey, planRenewal(b, input.amount), { reason: `allowance period ${input.period}` }),
+        allowancePeriod: { id: input.period, start: input.periodStart },
+        result: (after) => ({ expired: b.allowance, granted: input.amount, period: input.period, balances: view(after) }),
+      };
+    },
   );
 }
 

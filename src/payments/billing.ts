@@ -71,7 +71,10 @@ export type FulfillResult = 'fulfilled' | 'already_fulfilled' | 'not_paid' | 'un
 export async function fulfillSession(deps: BillingDeps, sessionId: string): Promise<FulfillResult> {
   let { rows: known } = await sql<{ status: string; organization_id: string; kind: string }>`
     select status, organization_id, kind from checkout_sessions where id = ${sessionId}`.execute(deps.db);
-  if (known[0]?.status === 'fulfilled') return 'already_fulfilled';
+  if (known[0]?.status === 'fulfilled') {
+    await settleLateRefunds(deps, sessionId);
+    return 'already_fulfilled';
+  }
   const session = await deps.payments.getSession(sessionId);
   if (known[0] === undefined) {
     // Our row never got written (a crash between Stripe and our insert): rebuild it from the metadata we gave Stripe.
@@ -113,6 +116,7 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
       stripe_subscription_id = ${session.subscription} where id = ${sessionId}`.execute(trx);
     return 'fulfilled';
   });
+  if (result === 'already_fulfilled') await settleLateRefunds(deps, sessionId);
   if (result === 'fulfilled' && known[0].kind === 'pack' && session.paymentIntent !== null) {
     // A `charge.refunded` handled after the read above and before that commit found no
     // payment to act on; asked again now, Stripe's answer holds it (a refund after this
@@ -124,6 +128,27 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
     }
   }
   return result;
+}
+
+/**
+ * A fulfilled pack's refunds, asked of Stripe again whenever its session is
+ * handled again (the webhook redelivered, the return URL): the fulfilment may
+ * have committed while a refund Stripe had already made went unapplied (the
+ * check after the commit failed, and the webhook's retry came here). Stripe
+ * is asked only when a refund could be missing from our row's view, and a
+ * failure is thrown, so a webhook is retried rather than marked done.
+ * `applyRefund` keeps the highest amount: nothing is taken twice.
+ */
+async function settleLateRefunds(deps: BillingDeps, sessionId: string): Promise<void> {
+  const { rows } = await sql<{ payment_intent: string | null; amount: number | null; refunded_amount: number | null }>`
+    select s.payment_intent, p.amount, p.refunded_amount from checkout_sessions s
+    left join payments p on p.payment_intent = s.payment_intent
+    where s.id = ${sessionId} and s.kind = 'pack'`.execute(deps.db);
+  const r = rows[0];
+  if (r === undefined || r.payment_intent === null || r.amount === null || (r.refunded_amount ?? 0) >= r.amount) return;
+  const pi = r.payment_intent;
+  const refunded = await deps.payments.refundedAmount(pi);
+  if (refunded > (r.refunded_amount ?? 0)) await deps.db.transaction().execute((trx) => applyRefund(trx, pi, refunded));
 }
 
 /** A session Stripe has but we never recorded: rebuilt from its metadata and the catalog, or false. */

@@ -118,15 +118,20 @@ async function invoicePaid(deps: BillingDeps, invoice: Record<string, unknown>):
   const refundedSoFar = paymentIntent !== null ? await deps.payments.refundedAmount(paymentIntent) : 0;
   await deps.db.transaction().execute(async (trx) => {
     if (paymentIntent !== null) await sql`select 1 from invoice_payments where payment_intent = ${paymentIntent} for update`.execute(trx);
-    if (await renews(trx)) {
-      await credits.renewAllowance(trx, {
-        organizationId: org,
-        amount,
-        period,
-        periodStart: new Date(periodStart * 1000),
-        idempotencyKey: `invoice:${invoiceId}`,
-        actor: system,
-      });
+    // decided again under the account's lock: a newer period's renewal may have committed since
+    const renewal = await credits.renewAllowance(trx, {
+      organizationId: org,
+      amount,
+      period,
+      periodStart: new Date(periodStart * 1000),
+      idempotencyKey: `invoice:${invoiceId}`,
+      actor: system,
+      onlyIfLatest: true,
+    });
+    if (renewal.superseded === true) {
+      // it granted nothing: a refund of this invoice has no allowance of its own to take back
+      if (paymentIntent !== null) await sql`update invoice_payments set allowance = 0 where payment_intent = ${paymentIntent}`.execute(trx);
+    } else {
       await creditsArrived(trx, org);
     }
     if (paymentIntent !== null && refundedSoFar > 0) await applyRefund(trx, paymentIntent, refundedSoFar);
