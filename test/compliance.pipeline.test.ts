@@ -369,6 +369,8 @@ describe('GDPR', () => {
   it('exports everything about a number, then erases it; the ledger is intact and a later STOP still matches', async () => {
     const to = phone();
     await grantConsent(to, ['marketing']);
+    const created = await p.app.inject({ method: 'POST', url: '/v1/contacts', headers: bearer(p.tenant.workspaceKey), payload: { phone: to, first_name: 'Jane', attributes: { tier: 'gold' } } });
+    expect(created.statusCode, created.body).toBe(201);
     const sent = await sendViaApi(p, { to, body: 'Hello Jane, your order shipped' });
     await waitForStatus(p, sent.json.id as string, ['sent', 'delivered']);
     const exp = await p.app.inject({ method: 'GET', url: `/v1/privacy/phone-numbers/${encodeURIComponent(to)}`, headers: bearer(p.tenant.workspaceKey) });
@@ -377,6 +379,8 @@ describe('GDPR', () => {
     expect(data.consent.history[0]!.evidence).toEqual({ form: 'checkout-v2' });
     expect(data.messages.map((m) => m.body)).toEqual(['Hello Jane, your order shipped']);
     expect(data.messages[0]!.events.length).toBeGreaterThanOrEqual(3);
+    // the contact record too: "everything held" (it was missing from the export)
+    expect((exp.json() as { contacts: unknown[] }).contacts).toMatchObject([{ phone: to, first_name: 'Jane', attributes: { tier: 'gold' }, lists: [] }]);
 
     const erase = await p.app.inject({ method: 'POST', url: '/v1/privacy/erasures', headers: bearer(p.tenant.workspaceKey), payload: { phone: to } });
     expect(erase.statusCode, erase.body).toBe(200);

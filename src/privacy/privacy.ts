@@ -17,6 +17,10 @@ export interface PhoneExport {
   consent: { state: Record<consent.ConsentPurpose, consent.ConsentState>; history: consent.ConsentEventRow[] };
   messages: (messaging.MessageRow & { events: messaging.EventRow[] })[];
   inbound_messages: { id: string; from_number: string; to_number: string; body: string; keyword: string | null; received_at: Date }[];
+  /** The contact of that number (one per workspace; after an erasure, under its hash), with the lists it is in. */
+  contacts: (Record<string, unknown> & { id: string; lists: string[] })[];
+  /** The campaigns' snapshots of it, taken when each campaign started (the fields its template used). */
+  campaign_recipients: { campaign_id: string; seq: number; phone: string; timezone: string | null; variables: unknown }[];
 }
 
 export async function exportPhone(db: Db, workspaceId: string, phone: string): Promise<PhoneExport> {
@@ -28,7 +32,15 @@ export async function exportPhone(db: Db, workspaceId: string, phone: string): P
   const { rows: inbound } = await sql<PhoneExport['inbound_messages'][number]>`
     select id, from_number, to_number, body, keyword, received_at from inbound_messages
     where workspace_id = ${workspaceId} and from_number in (${phone}, credence_phone_hash(${phone})) order by id`.execute(db);
-  return { phone, consent: current, messages: out, inbound_messages: inbound };
+  const { rows: contacts } = await sql<PhoneExport['contacts'][number]>`
+    select c.*, coalesce(array_agg(m.list_id order by m.list_id) filter (where m.list_id is not null), '{}') as lists
+    from contacts c left join contact_list_members m on m.contact_id = c.id
+    where c.workspace_id = ${workspaceId} and c.phone in (${phone}, credence_phone_hash(${phone}))
+    group by c.id order by c.id`.execute(db);
+  const { rows: recipients } = await sql<PhoneExport['campaign_recipients'][number]>`
+    select r.campaign_id, r.seq, r.phone, r.timezone, r.variables from campaign_recipients r join campaigns c on c.id = r.campaign_id
+    where c.workspace_id = ${workspaceId} and r.phone in (${phone}, credence_phone_hash(${phone})) order by r.campaign_id, r.seq`.execute(db);
+  return { phone, consent: current, messages: out, inbound_messages: inbound, contacts, campaign_recipients: recipients };
 }
 
 export interface ErasureReport {

@@ -117,7 +117,7 @@ export function privacyRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
       {
         schema: {
           tags: ['privacy'],
-          summary: 'GDPR export: everything held about a phone number in the workspace (consents with evidence, messages with events, inbound texts)',
+          summary: 'GDPR export: everything held about a phone number in the workspace (consents with evidence, messages with events, inbound texts, its contact with its lists, campaign snapshots)',
           params: Type.Object({ phone: Type.String({ maxLength: 40 }) }),
           querystring: WorkspaceQuery,
         },
