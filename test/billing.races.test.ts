@@ -126,3 +126,27 @@ describe('invoice.paid of an older period, handled while a newer period renews',
     expect(rows).toEqual([{ allowance_period: `${sub}:${p2}`, allowance_available: 500 }]);
   });
 });
+
+describe('a dispute lost before the pack it disputes was fulfilled', () => {
+  it('the fulfilment takes the whole pack back (a returning customer, so the dispute was recorded)', async () => {
+    const org = await insertOrg(tdb.db);
+    await sql`insert into billing_customers (organization_id, stripe_customer_id) values (${org}, 'cus_race_B')`.execute(tdb.db);
+    const sessionId = `cs_race_dispute_${n}`;
+    await sql`insert into checkout_sessions (id, organization_id, kind, item, credits, amount, currency, status)
+      values (${sessionId}, ${org}, 'pack', 'starter', 100, 300, 'eur', 'open')`.execute(tdb.db);
+    const session: SessionView = { id: sessionId, status: 'complete', paymentStatus: 'paid', paymentIntent: 'pi_race_B', subscription: null, customer: 'cus_race_B', metadata: { organization_id: org }, amountTotal: 300 };
+    const deps = depsWith(
+      scriptedPayments({
+        getSession: () => Promise.resolve(session),
+        getCharge: () => Promise.resolve({ customer: 'cus_race_B', paymentIntent: 'pi_race_B' }),
+      }),
+    );
+    const dispute = { id: `du_race_${n}`, charge: 'ch_race_B', payment_intent: 'pi_race_B', status: 'lost' };
+    await handleStripeEvent(deps, event('charge.dispute.created', { ...dispute, status: 'needs_response' }));
+    await handleStripeEvent(deps, event('charge.dispute.closed', dispute));
+    await handleStripeEvent(deps, event('checkout.session.completed', { id: sessionId }));
+    expect(await storedAccount(tdb.db, org)).toMatchObject({ purchased: 0, debt: 0 });
+    const { rows } = await sql<{ credits_clawed_back: number }>`select credits_clawed_back from payments where payment_intent = 'pi_race_B'`.execute(tdb.db);
+    expect(rows).toEqual([{ credits_clawed_back: 100 }]);
+  });
+});

@@ -109,6 +109,9 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
         on conflict do nothing`.execute(trx);
       await credits.purchase(trx, { organizationId: org, amount: row.credits, idempotencyKey: `checkout:${sessionId}`, actor: system, paymentRef: sessionId, reason: `pack ${row.item}` });
       if (refundedSoFar > 0) await applyRefund(trx, session.paymentIntent, refundedSoFar);
+      // a dispute lost before this fulfilment (recorded, but it found no payment to take back from): the whole pack goes back
+      const { rows: lost } = await sql`select 1 from disputes where payment_intent = ${session.paymentIntent} and status = 'lost' limit 1`.execute(trx);
+      if (lost.length > 0) await applyRefund(trx, session.paymentIntent, Number.MAX_SAFE_INTEGER);
       await creditsArrived(trx, org);
     }
     if (sub !== undefined) await applySubscription(deps, trx, org, row.item, sub);
