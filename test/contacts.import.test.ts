@@ -449,4 +449,24 @@ describe('corrupt files and odd encodings', () => {
     ]);
     for (const e of errors) expect(`${e.reason} ${e.message}`).not.toMatch(/555.?018/);
   });
+
+  it('a number erased after the file was uploaded is not imported from it (nor its consent); a file uploaded after the erasure is', async () => {
+    const csv = 'phone,first_name,consent_marketing\n+14155550151,Erin,yes\n+14155550152,Finn,yes\n';
+    const before = await upload(a.workspaceKey, csv);
+    const erase = await app.inject({ method: 'POST', url: '/v1/privacy/erasures', headers: bearer(a.workspaceKey), payload: { phone: '+14155550151' } });
+    expect(erase.statusCode, erase.body).toBe(200);
+    await runContactImport({ db: tdb.db, log: silentLog }, { importId: before.body.id });
+    expect(await getImport(a.workspaceKey, before.body.id)).toMatchObject({ status: 'completed', rows_imported: 1, rows_invalid: 1, consents_recorded: 1 });
+    expect((await allErrors(a.workspaceKey, before.body.id)).map(({ row_number, field, reason }) => ({ row_number, field, reason }))).toEqual([
+      { row_number: 2, field: 'phone', reason: 'was erased (GDPR) after this file was uploaded: not imported' },
+    ]);
+    const erin = await sql<{ n: number }>`select count(*)::int as n from contacts where workspace_id = ${a.workspaceId} and phone = '+14155550151'`.execute(tdb.db);
+    expect(erin.rows[0]!.n).toBe(0);
+    const consent = await app.inject({ method: 'GET', url: `/v1/consents/${encodeURIComponent('+14155550151')}`, headers: bearer(a.workspaceKey) });
+    expect((consent.json() as { state: Record<string, string> }).state.marketing).toBe('revoked');
+    // new data, collected after the erasure
+    const later = await upload(a.workspaceKey, csv);
+    await runContactImport({ db: tdb.db, log: silentLog }, { importId: later.body.id });
+    expect(await getImport(a.workspaceKey, later.body.id)).toMatchObject({ status: 'completed', rows_imported: 1, rows_merged: 1, rows_invalid: 0 });
+  });
 });

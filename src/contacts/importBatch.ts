@@ -33,8 +33,9 @@ export async function writeBatch(db: Db, imp: ImportRecord, batch: Batch): Promi
       return { outcome: 'stale', rowsDone: current?.rows_done ?? -1 };
     }
 
+    const { valid, invalid } = await withoutErasedSince(trx, imp, batch);
     // phone order: concurrent batches touching the same contacts lock them in one order
-    const groups = groupByPhone(batch.valid).sort((a, b) => (a.contact.phone < b.contact.phone ? -1 : 1));
+    const groups = groupByPhone(valid).sort((a, b) => (a.contact.phone < b.contact.phone ? -1 : 1));
     const proposed = groups.map(() => newId('ct'));
     const column = <K extends keyof ContactValues>(key: K) => groups.map((g) => g.contact[key]);
     let imported = 0;
@@ -74,12 +75,12 @@ export async function writeBatch(db: Db, imp: ImportRecord, batch: Batch): Promi
         select ${imp.list_id}, id from unnest(${contactIds}::text[]) as x(id) on conflict do nothing`.execute(trx);
     }
 
-    const events = await withoutOverriddenOptOuts(trx, imp.workspace_id, consentEvents(imp, batch.valid));
+    const events = await withoutOverriddenOptOuts(trx, imp.workspace_id, consentEvents(imp, valid));
     await appendConsentEvents(trx, events);
 
-    if (batch.invalid.length > 0) {
+    if (invalid.length > 0) {
       await sql`insert into contact_import_errors (import_id, row_number, field, reason)
-        select ${imp.id}, x.row, x.field, x.reason from jsonb_to_recordset(${JSON.stringify(batch.invalid)}::jsonb)
+        select ${imp.id}, x.row, x.field, x.reason from jsonb_to_recordset(${JSON.stringify(invalid)}::jsonb)
           as x(row int, field text, reason text)
         on conflict do nothing`.execute(trx);
     }
@@ -88,11 +89,40 @@ export async function writeBatch(db: Db, imp: ImportRecord, batch: Batch): Promi
         rows_done = rows_done + ${batch.size},
         rows_imported = rows_imported + ${imported},
         rows_merged = rows_merged + ${merged},
-        rows_invalid = rows_invalid + ${batch.invalid.length},
+        rows_invalid = rows_invalid + ${invalid.length},
         consents_recorded = consents_recorded + ${events.length}
       where id = ${imp.id} returning *`.execute(trx);
     return { outcome: 'written', record: updated[0]! };
   });
+}
+
+/** The reason of a row whose number was erased after its file was uploaded. */
+export const ERASED_SINCE_UPLOAD = 'was erased (GDPR) after this file was uploaded: not imported';
+
+/**
+ * Rows about numbers erased after the import was uploaded are not written:
+ * the file predates the erasure, and writing them would bring the person's
+ * contact (and an imported consent) back. Each is refused with its row
+ * number instead. An erasure leaves its mark in the consent log (every
+ * purpose revoked by `privacy_erasure`, under the number's hash), and that
+ * is what is looked for. A file uploaded after the erasure is new data and
+ * is imported as usual.
+ */
+async function withoutErasedSince(trx: Tx, imp: ImportRecord, batch: Batch): Promise<{ valid: ImportRow[]; invalid: RowError[] }> {
+  if (batch.valid.length === 0) return batch;
+  const { rows } = await sql<{ phone: string }>`
+    select distinct x.phone from unnest(${[...new Set(batch.valid.map((r) => r.phone))]}::text[]) as x(phone)
+    join consent_events e on e.workspace_id = ${imp.workspace_id} and e.phone_hash = credence_phone_hash(x.phone)
+    where e.actor = 'privacy_erasure' and e.action = 'revoked' and e.occurred_at >= ${imp.created_at}`.execute(trx);
+  if (rows.length === 0) return batch;
+  const erased = new Set(rows.map((r) => r.phone));
+  return {
+    valid: batch.valid.filter((r) => !erased.has(r.phone)),
+    invalid: [
+      ...batch.invalid,
+      ...batch.valid.filter((r) => erased.has(r.phone)).map((r) => ({ row: r.row, field: 'phone', reason: ERASED_SINCE_UPLOAD })),
+    ],
+  };
 }
 
 /**
