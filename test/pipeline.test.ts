@@ -1,7 +1,8 @@
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as credits from '../src/credits/index.ts';
-import { sendBatch } from '../src/messaging/index.ts';
+import { createIntakeBatcher, sendBatch } from '../src/messaging/index.ts';
+import { newId } from '../src/shared/ids.ts';
 import { bearer } from './helpers/app.ts';
 import { storedAccount } from './helpers/orgs.ts';
 import { eventually, grantCredits, message, type Pipeline, sendViaApi, startPipeline, waitForStatus } from './helpers/pipeline.ts';
@@ -99,6 +100,86 @@ describe('happy path and API contract', () => {
     const query = await p.app.inject({ method: 'GET', url: '/v1/messages?to=%2B1415%00', headers: bearer(p.tenant.workspaceKey) });
     expect(query.statusCode).toBe(422);
     expect(query.json()).toMatchObject({ errors: [{ field: 'to', in: 'querystring' }] });
+  });
+
+  it('values the schema admits but JavaScript or PostgreSQL cannot take are 422s naming them, not 500s', async () => {
+    const cursor = (b: string) => Buffer.from(JSON.stringify({ b })).toString('base64url');
+    const get = (url: string) => p.app.inject({ method: 'GET', url, headers: bearer(p.tenant.workspaceKey) });
+    const fieldsOf = (res: { statusCode: number; json(): unknown }) => (res.json() as { errors?: { field: string }[] }).errors?.map((e) => e.field);
+    for (const [url, field] of [
+      [`/v1/messages?cursor=${cursor('msg_\u0000')}`, 'cursor'],
+      [`/v1/messages?cursor=${cursor("msg_' or 1=1")}`, 'cursor'],
+      ['/v1/messages?from=2016-12-31T23:59:60Z', 'from'],
+      ['/v1/messages?until=0000-01-01T00:00:00Z', 'until'],
+      ['/v1/credits/ledger?from=2016-12-31T23:59:60Z', 'from'],
+    ] as const) {
+      const res = await get(url);
+      expect(res.statusCode, url).toBe(422);
+      expect(fieldsOf(res), url).toEqual([field]);
+    }
+    // year 0000 (or year 1 at +01:00, which is year 0 in UTC) as send_at: refused alone; a request sharing its intake batch is stored
+    const [bad, early, good] = await Promise.all([
+      sendViaApi(p, { to: TO, body: 'year zero', send_at: '0000-01-01T00:00:00Z' } as never),
+      sendViaApi(p, { to: TO, body: 'year one', send_at: '0001-01-01T00:00:00+01:00' } as never),
+      sendViaApi(p, { to: TO, body: 'an ordinary one beside it' }),
+    ]);
+    expect([bad.statusCode, early.statusCode, good.statusCode]).toEqual([422, 422, 202]);
+    expect((bad.json.errors as { field: string }[]).map((e) => e.field)).toEqual(['send_at']);
+    const sender = await p.app.inject({ method: 'POST', url: '/v1/sender-numbers', headers: bearer(p.tenant.workspaceKey), payload: { phone_number: '+14155550177', mps: 1e-20 } });
+    expect(sender.statusCode).toBe(422);
+  });
+
+  it('a body is counted in characters, as promised (1,600), not in UTF-16 units: 1,000 emoji are accepted', async () => {
+    const ok = await sendViaApi(p, { to: TO, body: '😀'.repeat(1000) });
+    expect(ok.statusCode, JSON.stringify(ok.json)).toBe(202);
+    expect(ok.json).toMatchObject({ encoding: 'UCS-2', segments: 30 }); // 2,000 UCS-2 units, 67 a part
+    const over = await sendViaApi(p, { to: TO, body: '😀'.repeat(1601) });
+    expect(over.statusCode).toBe(422);
+    expect((over.json.errors as { field: string }[]).map((e) => e.field)).toEqual(['body']);
+    // the check behind the schema's (campaign bodies, other callers) counts the same way
+    const { priceMessage } = await import('../src/messaging/index.ts');
+    expect(priceMessage(TO, '😀'.repeat(1600), undefined).segments).toBe(48);
+    expect(() => priceMessage(TO, '😀'.repeat(1601), undefined)).toThrow('body: must be at most 1600 characters, got 1601');
+  });
+
+  it('intake batches: the same keys in opposite orders do not deadlock, and a row PostgreSQL refuses fails alone', async () => {
+    const batcher = createIntakeBatcher(p.tdb.db, { maxBatch: 100 });
+    const row = (key: string, sendAt = new Date()) => ({
+      id: newId('msg'),
+      organization_id: p.tenant.organizationId,
+      workspace_id: p.tenant.workspaceId,
+      dedupe_key: `api:${key}`,
+      request_hash: 'h',
+      producer: 'api' as const,
+      campaign_id: null,
+      purpose: 'transactional' as const,
+      to_number: TO,
+      country: 'US',
+      from_number: '+14155550100',
+      body: 'batch order',
+      encoding: 'GSM-7' as const,
+      segments: 1,
+      cost: 1,
+      send_at: sendAt,
+    });
+    try {
+      const results: PromiseSettledResult<unknown>[] = [];
+      for (let round = 0; round < 5; round++) {
+        const keys = Array.from({ length: 100 }, (_, i) => `order-${round}-${i}`);
+        const forward = keys.map((k) => batcher.insert(row(k)));
+        await new Promise((r) => setImmediate(r));
+        const backward = [...keys].reverse().map((k) => batcher.insert(row(k)));
+        results.push(...(await Promise.allSettled([...forward, ...backward])));
+      }
+      expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
+      const [poisoned, ...fine] = await Promise.allSettled([batcher.insert(row('poison', new Date('0000-01-01T00:00:00Z'))), ...[1, 2, 3].map((i) => batcher.insert(row(`fine-${i}`)))]);
+      expect(poisoned!.status).toBe('rejected');
+      expect(fine.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled']);
+    } finally {
+      await batcher.close();
+      // these rows were never meant to be sent: out of the way of the tests that follow
+      await sql`update messages set status = 'skipped', status_reason = 'test' where body = 'batch order' and status = 'planned'`.execute(p.tdb.db);
+    }
   });
 
   it('lists with filters, and another tenant sees nothing (404 on the message)', async () => {

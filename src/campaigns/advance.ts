@@ -19,8 +19,19 @@ interface RecipientRow {
   variables: Record<string, unknown>;
 }
 
+/**
+ * One pending advance per campaign, under its job key: a resume (or the
+ * sweep's restart of a stalled campaign) moves the pending step instead of
+ * starting a second chain beside it, which doubled a throttled campaign's
+ * rate for good after a quick pause and resume.
+ */
 export async function scheduleAdvance(trx: Tx, campaignId: string, runAt?: Date): Promise<void> {
-  await addJob(trx, 'campaign_advance', { campaignId }, { maxAttempts: 25, ...(runAt && { runAt }) });
+  await addJob(trx, 'campaign_advance', { campaignId }, { maxAttempts: 25, jobKey: `campaign_advance:${campaignId}`, jobKeyMode: 'replace', ...(runAt && { runAt }) });
+}
+
+/** A throttled step's size and the time to the next one: `mps` a second, or one message every 1/mps s below 1. */
+export function throttleStep(mps: number): { batch: number; everyMs: number } {
+  return mps >= 1 ? { batch: Math.floor(mps), everyMs: 1_000 } : { batch: 1, everyMs: Math.ceil(1_000 / mps) };
 }
 
 export async function scheduleCheck(trx: Tx, campaignId: string, delayMs = 2_000): Promise<void> {
@@ -41,7 +52,8 @@ export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId:
     const c = await findCampaign(trx, campaignId, { lock: true });
     if (c === undefined || c.status !== 'running' || c.audience_size === null) return { created: 0, done: true };
     const perSecond = c.throttle_mps;
-    const batch = perSecond === null ? ADVANCE_BATCH : Math.max(1, Math.floor(perSecond));
+    const step = perSecond === null ? undefined : throttleStep(perSecond);
+    const batch = step === undefined ? ADVANCE_BATCH : step.batch;
     const { rows: recipients } = await sql<RecipientRow>`select seq, phone, timezone, variables from campaign_recipients
       where campaign_id = ${c.id} and seq > ${c.cursor} order by seq limit ${batch}`.execute(trx);
     if (recipients.length === 0) {
@@ -67,7 +79,7 @@ export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId:
     await sql`update campaigns set cursor = ${last}, updated_at = now() where id = ${c.id}`.execute(trx);
     const done = last >= c.audience_size;
     if (done) await scheduleCheck(trx, c.id);
-    else await scheduleAdvance(trx, c.id, perSecond === null ? undefined : new Date(Date.now() + 1_000));
+    else await scheduleAdvance(trx, c.id, step === undefined ? undefined : new Date(Date.now() + step.everyMs));
     orgToWake = c.organization_id;
     return { created: created.length, done };
   });
@@ -100,7 +112,7 @@ async function buildMessages(
       if (!safety.ok) reason = safety.reason;
     }
     if (body.trim() === '') reason ??= 'empty_body';
-    else if (body.length > messaging.MAX_BODY) reason ??= 'body_too_long';
+    else if (body.length > messaging.MAX_BODY && messaging.characterCount(body) > messaging.MAX_BODY) reason ??= 'body_too_long';
     if (reason === null && phone.ok) priced = messaging.pricePhone(phone, body, priceList);
     return {
       id: orderedId('msg', stem, r.seq, now),
@@ -114,7 +126,7 @@ async function buildMessages(
       to_number: priced?.to ?? r.phone,
       country: priced?.country ?? (phone.ok ? phone.country : 'ZZ'),
       from_number: c.from_number,
-      body: body.slice(0, messaging.MAX_BODY) || '(empty)',
+      body: messaging.truncateCharacters(body, messaging.MAX_BODY) || '(empty)',
       encoding: priced?.encoding ?? 'GSM-7',
       segments: priced?.segments ?? 1,
       cost: priced?.cost ?? 1,

@@ -89,11 +89,18 @@ export async function applyCampaignEvent(
   trx: DbOrTx,
   id: string,
   event: CampaignEvent,
-  options: { actor: string; reason?: string | null; set?: ReturnType<typeof sql> },
+  options: {
+    actor: string;
+    reason?: string | null;
+    set?: ReturnType<typeof sql>;
+    /** Apply only to a campaign paused for this reason (checked again under the row lock: a pause that commits first wins). */
+    pausedFor?: string;
+  },
 ): Promise<CampaignRow | undefined> {
   const rule = CAMPAIGN_EVENTS[event];
   const { rows } = await sql<CampaignRow>`
-    with old as (select id, status from campaigns where id = ${id} and status = any(${[...rule.from]}::text[]) for update),
+    with old as (select id, status from campaigns where id = ${id} and status = any(${[...rule.from]}::text[])
+      ${options.pausedFor === undefined ? sql`` : sql`and pause_reason = ${options.pausedFor}`} for update),
     upd as (
       update campaigns c set status = ${rule.to}, updated_at = now(),
         pause_reason = ${rule.to === 'paused' ? (options.reason ?? null) : null}

@@ -3,6 +3,7 @@ import { audienceQuery } from '../contacts/index.ts';
 import * as credits from '../credits/index.ts';
 import type { DbOrTx } from '../db/db.ts';
 import * as messaging from '../messaging/index.ts';
+import { allowedCountries, checkNumber } from '../sendrules/index.ts';
 import { parsePhone } from '../shared/phone.ts';
 import { type CampaignRow, contactVariables } from './campaigns.store.ts';
 import { parseTemplate, render, type Variables } from './template.ts';
@@ -90,10 +91,33 @@ export interface Quote {
  * snapshot once started, the live audience before), by country, and how
  * many in order the available balance covers. Reads in pages of 5,000.
  */
+/**
+ * The contact a preview renders for: the one named (any contact of the
+ * workspace), or by default the first of the campaign's audience (the
+ * lowest contact id of its list or segment), undefined if there is none.
+ */
+export async function previewContact(
+  db: DbOrTx,
+  c: CampaignRow,
+  contactId: string | undefined,
+): Promise<{ id: string; phone: string; variables: Variables } | undefined> {
+  const from =
+    contactId !== undefined
+      ? sql`(select * from contacts where workspace_id = ${c.workspace_id} and id = ${contactId})`
+      : sql`(${await audienceQuery(db, c.workspace_id, { type: c.audience_type, id: c.audience_id })})`;
+  const { rows } = await sql<{ id: string; phone: string; variables: Variables }>`
+    select a.id, a.phone, ${contactVariables('a')} as variables from ${from} a order by a.id limit 1`.execute(db);
+  return rows[0];
+}
+
 export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> {
   const parsed = parseTemplate(c.body_template);
   if (!parsed.ok) throw new Error('template does not parse');
   const priceList = await messaging.organizationPriceList(db, c.organization_id);
+  // the numbers the campaign would skip for free (a country the workspace may not text, premium rate, …), as advance decides
+  const { rows: wsRows } = await sql<{ allowed_countries: string[] | null; home_country: string }>`
+    select allowed_countries, home_country from workspaces where id = ${c.workspace_id}`.execute(db);
+  const allowed = allowedCountries(wsRows[0]!);
   const balance = await credits.getCredits(db, c.organization_id);
   // debt blocks every reservation
   const available = balance.debt > 0 ? 0 : balance.available;
@@ -117,10 +141,10 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
     for (const r of rows) {
       recipients++;
       const phone = parsePhone(r.phone);
-      if (!phone.ok) continue;
+      if (!phone.ok || !checkNumber(phone, allowed).ok) continue;
       const body = render(parsed, r.variables);
-      if (body.trim() === '' || body.length > messaging.MAX_BODY) continue;
-      const priced = messaging.priceMessage(r.phone, body, priceList);
+      if (body.trim() === '' || messaging.characterCount(body) > messaging.MAX_BODY) continue;
+      const priced = messaging.pricePhone(phone, body, priceList);
       const entry = byCountry.get(priced.country) ?? { recipients: 0, segments: 0, credits: 0 };
       entry.recipients++;
       entry.segments += priced.segments;

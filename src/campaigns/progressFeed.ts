@@ -34,7 +34,10 @@ export function createProgressFeed(compute: (c: CampaignRow) => Promise<Progress
     next(c) {
       const at = now();
       for (const [id, e] of entries) if (e.freshUntil < at - 60_000) entries.delete(id);
-      const cached = entries.get(c.id);
+      // per campaign and status: a viewer that sees the campaign completed must not get a count
+      // made while it ran (its stream would end on a stale `running`)
+      const key = `${c.id}\u0000${c.status}`;
+      const cached = entries.get(key);
       if (cached !== undefined && at < cached.freshUntil) return cached.result;
       const entry: Entry = {
         freshUntil: Number.POSITIVE_INFINITY, // shared while the count runs
@@ -45,12 +48,12 @@ export function createProgressFeed(compute: (c: CampaignRow) => Promise<Progress
             return { progress, waitMs };
           },
           (err: unknown) => {
-            entries.delete(c.id);
+            entries.delete(key);
             throw err;
           },
         ),
       };
-      entries.set(c.id, entry);
+      entries.set(key, entry);
       return entry.result;
     },
   };

@@ -4,6 +4,7 @@ import type { Db, DbOrTx, Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import * as messaging from '../messaging/index.ts';
 import { DomainError, notFound, validationError } from '../shared/errors.ts';
+import { parseDateTime } from '../shared/dates.ts';
 import { newId } from '../shared/ids.ts';
 import type { Logger } from '../shared/logger.ts';
 import { scheduleAdvance, scheduleCheck } from './advance.ts';
@@ -30,8 +31,7 @@ export async function createCampaign(db: Db, scope: Scope, input: CampaignInput,
   if (!parsed.ok) throw validationError('body', parsed.reason);
   let scheduledAt: Date | null = null;
   if (input.scheduled_at !== undefined) {
-    scheduledAt = new Date(input.scheduled_at);
-    if (Number.isNaN(scheduledAt.getTime())) throw validationError('scheduled_at', 'must be an RFC 3339 date-time');
+    scheduledAt = parseDateTime('scheduled_at', input.scheduled_at);
   }
   await audienceQuery(db, scope.workspaceId, input.audience).catch((err: unknown) => {
     if (err instanceof DomainError && err.code === 'not_found') throw validationError('audience.id', `no such ${input.audience.type} in this workspace`);
@@ -124,8 +124,8 @@ export async function resumeCampaign(db: Db, scope: Scope, id: string, actor: st
   });
 }
 
-async function resumeInTx(trx: Tx, id: string, actor: string, reason?: string): Promise<CampaignRow | undefined> {
-  const resumed = await applyCampaignEvent(trx, id, 'resume', { actor, reason: reason ?? null });
+async function resumeInTx(trx: Tx, id: string, actor: string, reason?: string, pausedFor?: string): Promise<CampaignRow | undefined> {
+  const resumed = await applyCampaignEvent(trx, id, 'resume', { actor, reason: reason ?? null, ...(pausedFor !== undefined && { pausedFor }) });
   if (resumed !== undefined) await scheduleAdvance(trx, id);
   return resumed;
 }
@@ -161,7 +161,8 @@ async function resumePausedFor(
   const { rows } = await sql<{ id: string }>`select id from campaigns where ${whose}
     and status = 'paused' and pause_reason = ${pauseReason} ${autoResumeOnly ? sql`and auto_resume` : sql``} order by id`.execute(trx);
   const out: string[] = [];
-  for (const r of rows) if (await resumeInTx(trx, r.id, actor, why)) out.push(r.id);
+  // the reason is checked again as each is resumed: a manual pause that committed since must stay
+  for (const r of rows) if (await resumeInTx(trx, r.id, actor, why, pauseReason)) out.push(r.id);
   return out;
 }
 

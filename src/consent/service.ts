@@ -1,5 +1,6 @@
 import type { DbOrTx } from '../db/db.ts';
 import { validationError } from '../shared/errors.ts';
+import { parseDateTime } from '../shared/dates.ts';
 import { parsePhone } from '../shared/phone.ts';
 import { CONSENT_PURPOSES, type ConsentPurpose, type ConsentState, deriveConsent } from './consent.ts';
 import { appendConsentEvents, type ConsentEventRow, consentHistory } from './consent.store.ts';
@@ -35,8 +36,7 @@ export function validateConsent(input: ConsentInput, at = ''): ValidConsent {
   }
   let occurredAt: string | undefined;
   if (input.occurred_at !== undefined) {
-    const t = new Date(input.occurred_at);
-    if (Number.isNaN(t.getTime())) throw validationError(`${at}occurred_at`, 'must be an RFC 3339 date-time');
+    const t = parseDateTime(`${at}occurred_at`, input.occurred_at);
     if (t.getTime() > Date.now() + CLOCK_SKEW_MS) throw validationError(`${at}occurred_at`, 'must not be in the future');
     occurredAt = t.toISOString();
   }

@@ -5,6 +5,7 @@ export { type Capturer, drainCaptures, startCapturer } from './captures.ts';
 export { DISPATCH_BATCH, type DispatchReport, dispatchOrganization, enqueueSends, SEND_BATCH } from './dispatch.ts';
 export {
   type ApiMessageInput,
+  characterCount,
   createApiMessage,
   createIntakeBatcher,
   type Intake,
@@ -14,6 +15,7 @@ export {
   priceMessage,
   pricePhone,
   scheduleDispatch,
+  truncateCharacters,
 } from './intake.ts';
 export {
   type EventRow,

@@ -4,6 +4,7 @@ import type { Db, DbOrTx } from '../db/db.ts';
 import { createBatcher } from '../shared/batcher.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { DomainError, validationError } from '../shared/errors.ts';
+import { parseDateTime } from '../shared/dates.ts';
 import { newId } from '../shared/ids.ts';
 import * as store from './messages.store.ts';
 import { type NumberType, type ParsedPhone, parsePhone } from './phone.ts';
@@ -27,10 +28,37 @@ export interface Priced {
   cost: number;
 }
 
+/**
+ * Characters as PostgreSQL's `length()` and the API schema count them (code
+ * points), not UTF-16 units: an emoji is one character (and two UCS-2 units
+ * in its segments, which is another count).
+ */
+export function characterCount(text: string): number {
+  let n = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) i++;
+    }
+    n++;
+  }
+  return n;
+}
+
+/** The first `max` characters (code points): a cut never splits a surrogate pair. */
+export function truncateCharacters(text: string, max: number): string {
+  if (text.length <= max) return text;
+  return Array.from(text).slice(0, max).join('');
+}
+
 /** Validate and price one message (pure apart from the inputs). Throws a 422 naming the field. */
 export function priceMessage(to: string, body: string, priceList: PriceList | undefined): Priced {
   if (body.length === 0) throw validationError('body', 'must not be empty');
-  if (body.length > MAX_BODY) throw validationError('body', `must be at most ${MAX_BODY} characters, got ${body.length}`);
+  if (body.length > MAX_BODY) {
+    const characters = characterCount(body);
+    if (characters > MAX_BODY) throw validationError('body', `must be at most ${MAX_BODY} characters, got ${characters}`);
+  }
   const phone = parsePhone(to);
   if (!phone.ok) throw validationError('to', phone.reason);
   return pricePhone(phone, body, priceList);
@@ -117,6 +145,13 @@ function requestHash(input: ApiMessageInput): string {
     .digest('hex');
 }
 
+/** SQLSTATEs after which an intake batch is written again row by row: data exceptions, deadlock, serialization failure. */
+const ROW_BY_ROW = /^(22|40P01$|40001$)/;
+const sqlState = (err: unknown): string => {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' ? code : '';
+};
+
 /** Stores one new `planned` message; undefined when its dedupe key is taken. */
 export type MessageInserter = (row: store.NewMessage) => Promise<store.MessageRow | undefined>;
 
@@ -130,8 +165,23 @@ export type MessageInserter = (row: store.NewMessage) => Promise<store.MessageRo
 export function createIntakeBatcher(db: Db, options: { maxBatch?: number } = {}): { insert: MessageInserter; close(): Promise<void> } {
   const batcher = createBatcher<store.NewMessage, store.MessageRow | undefined>(
     async (rows) => {
-      const inserted = new Map((await store.insertMessages(db, rows, 'planned')).map((r) => [r.id, r]));
-      return rows.map((r) => ({ value: inserted.get(r.id) }));
+      try {
+        const inserted = new Map((await store.insertMessages(db, rows, 'planned')).map((r) => [r.id, r]));
+        return rows.map((r) => ({ value: inserted.get(r.id) }));
+      } catch (err) {
+        if (rows.length === 1 || !ROW_BY_ROW.test(sqlState(err))) throw err;
+        // One request's value the database refuses (class 22), or a deadlock with another batch
+        // (40P01): the batch rolled back whole. Each row alone, so that only a bad one fails,
+        // not up to 200 requests of any tenant that happened to share its statement.
+        return Promise.all(
+          rows.map((r) =>
+            store.insertMessages(db, [r], 'planned').then(
+              ([row]) => ({ value: row }),
+              (error: unknown) => ({ error }),
+            ),
+          ),
+        );
+      }
     },
     { maxBatch: options.maxBatch ?? 200 },
   );
@@ -155,8 +205,7 @@ export async function createApiMessage(
   if (!PURPOSES.includes(input.purpose)) throw validationError('purpose', `must be one of ${PURPOSES.join(', ')}`);
   let sendAt = new Date();
   if (input.send_at !== undefined) {
-    sendAt = new Date(input.send_at);
-    if (Number.isNaN(sendAt.getTime())) throw validationError('send_at', 'must be an RFC 3339 date-time');
+    sendAt = parseDateTime('send_at', input.send_at);
     if (sendAt.getTime() > Date.now() + 366 * 86_400_000) throw validationError('send_at', 'must be within a year');
   }
   if (idempotencyKey !== undefined && (idempotencyKey.length < 1 || idempotencyKey.length > 255)) {

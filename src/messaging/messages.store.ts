@@ -84,6 +84,8 @@ export async function insertMessages(
       from json_to_recordset(${JSON.stringify(messages)}::json) as x(id text, organization_id text, workspace_id text,
         dedupe_key text, request_hash text, producer text, campaign_id text, purpose text, to_number text, country text,
         from_number text, body text, encoding text, segments int, cost int, send_at timestamptz, recipient_timezone text, status_reason text)
+      -- in key order: two batches holding the same keys in opposite orders would otherwise deadlock
+      order by x.workspace_id, x.dedupe_key
       on conflict (workspace_id, dedupe_key) do nothing
       returning *
     ), ev as (

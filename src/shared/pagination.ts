@@ -23,6 +23,8 @@ export function encodeCursor(key: string): string {
   return Buffer.from(JSON.stringify({ b: key })).toString('base64url');
 }
 
+const CURSOR_KEY = /^[A-Za-z0-9_]{1,100}$/;
+
 export function decodeCursor(cursor: string | undefined): string | undefined {
   if (cursor === undefined || cursor === '') return undefined;
   try {
@@ -31,7 +33,9 @@ export function decodeCursor(cursor: string | undefined): string | undefined {
       typeof parsed === 'object' &&
       parsed !== null &&
       'b' in parsed &&
-      typeof parsed.b === 'string'
+      typeof parsed.b === 'string' &&
+      // every key a cursor carries is an id or a sequence number: nothing else reaches the SQL
+      CURSOR_KEY.test(parsed.b)
     ) {
       return parsed.b;
     }

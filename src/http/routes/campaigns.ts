@@ -1,5 +1,4 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { sql } from 'kysely';
 import { Type } from 'typebox';
 import * as campaigns from '../../campaigns/index.ts';
 import { notFound, validationError } from '../../shared/errors.ts';
@@ -87,7 +86,7 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
               purpose: Type.Optional(Purpose),
               from: Type.Optional(Type.String({ maxLength: 32, description: 'a sender number of the workspace (default: its default sender)' })),
               scheduled_at: Type.Optional(Type.String({ format: 'date-time' })),
-              throttle_mps: Type.Optional(Type.Union([Type.Null(), Type.Number({ exclusiveMinimum: 0, maximum: 10_000 })])),
+              throttle_mps: Type.Optional(Type.Union([Type.Null(), Type.Number({ minimum: 0.01, maximum: 10_000, description: 'messages per second (at least 0.01); below 1, one message every 1/throttle_mps seconds' })])),
               auto_resume: Type.Optional(Type.Boolean({ description: 'resume by itself when credits arrive after it paused for want of them (default true)' })),
               error_threshold: Type.Optional(
                 Type.Union([Type.Null(), Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'pause when this share of the last 500 sends failed permanently' })]),
@@ -169,13 +168,12 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
       },
       async (request) => {
         const { campaign } = await visible(deps, actorOf(request).principal, request.params.id);
-        const { rows } = await sql<{ id: string; phone: string; variables: Record<string, unknown> }>`
-          select c.id, c.phone, ${campaigns.contactVariables('c')} as variables
-          from contacts c where c.workspace_id = ${campaign.workspace_id}
-            ${request.body.contact_id ? sql`and c.id = ${request.body.contact_id}` : sql``}
-          order by c.id limit 1`.execute(db);
-        const contact = rows[0];
-        if (contact === undefined) throw validationError('contact_id', 'no such contact in this workspace');
+        const contact = await campaigns.previewContact(db, campaign, request.body.contact_id || undefined);
+        if (contact === undefined) {
+          throw request.body.contact_id
+            ? validationError('contact_id', 'no such contact in this workspace')
+            : validationError('contact_id', "the campaign's audience is empty: name a contact to preview for");
+        }
         return { contact_id: contact.id, ...(await campaigns.renderFor(db, campaign, contact.variables, contact.phone)) };
       },
     );
@@ -213,21 +211,34 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         reply.hijack();
         const res = reply.raw;
         res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': request.id });
-        let closed = false;
-        request.raw.on('close', () => {
-          closed = true;
-        });
-        let id = campaign.id;
-        for (let n = 0; !closed; n++) {
-          const current = await campaigns.campaignInScope(db, { organizationId: campaign.organization_id }, id);
-          id = current.id;
-          // shared with everyone watching this campaign from this process
-          const { progress, waitMs } = await progressFeed.next(current);
-          res.write(`id: ${n}\nevent: progress\ndata: ${JSON.stringify(progress)}\n\n`);
-          if (current.status === 'completed' || current.status === 'cancelled') break;
-          await new Promise((r) => setTimeout(r, waitMs));
+        // the client may have left already (during the look-up above, before a 'close' listener
+        // could hear it): the socket's state says so, whenever it happened
+        const gone = () => res.destroyed || request.raw.destroyed || res.writableEnded;
+        let wake: (() => void) | undefined;
+        res.on('close', () => wake?.());
+        const id = campaign.id;
+        try {
+          for (let n = 0; !gone(); n++) {
+            const current = await campaigns.campaignInScope(db, { organizationId: campaign.organization_id }, id);
+            // shared with everyone watching this campaign (in this state) from this process
+            const { progress, waitMs } = await progressFeed.next(current);
+            if (gone()) break;
+            res.write(`id: ${n}\nevent: progress\ndata: ${JSON.stringify(progress)}\n\n`);
+            if (current.status === 'completed' || current.status === 'cancelled') break;
+            await new Promise<void>((r) => {
+              const t = setTimeout(r, waitMs);
+              wake = () => {
+                clearTimeout(t);
+                r();
+              };
+            });
+          }
+        } catch (err) {
+          // the headers are sent: the stream ends (the client reconnects), the error is logged
+          request.log.warn({ err }, 'progress stream ended by an error');
+        } finally {
+          res.end();
         }
-        res.end();
       },
     );
   };

@@ -5,6 +5,7 @@ import { resumeCampaignsForCredits } from '../../campaigns/index.ts';
 import * as credits from '../../credits/index.ts';
 import { scheduleDispatch } from '../../messaging/index.ts';
 import { DomainError } from '../../shared/errors.ts';
+import { parseDateTime } from '../../shared/dates.ts';
 import { pageRequest, toPage } from '../../shared/pagination.ts';
 import * as tenancy from '../../tenancy/index.ts';
 import type { AppDeps } from '../app.ts';
@@ -186,8 +187,8 @@ export function creditsRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         const org = await tenancy.readableOrganization(db, actorOf(request), q.organization_id);
         const filter: credits.LedgerFilter = {
           ...(q.kind !== undefined && { kinds: q.kind }),
-          ...(q.from !== undefined && { from: new Date(q.from) }),
-          ...(q.to !== undefined && { to: new Date(q.to) }),
+          ...(q.from !== undefined && { from: parseDateTime('from', q.from) }),
+          ...(q.to !== undefined && { to: parseDateTime('to', q.to) }),
         };
         if (filter.from && filter.to && filter.from >= filter.to) {
           throw new DomainError('validation_error', 'from must be before to', {

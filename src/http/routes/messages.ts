@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import * as messaging from '../../messaging/index.ts';
 import { DomainError, notFound } from '../../shared/errors.ts';
+import { parseDateTime } from '../../shared/dates.ts';
 import { pageRequest, toPage } from '../../shared/pagination.ts';
 import { canSeeWorkspace, type Principal, requireWorkspaceKey } from '../../tenancy/index.ts';
 import type { AppDeps } from '../app.ts';
@@ -194,8 +195,8 @@ export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
             ...(q.purpose && { purposes: q.purpose }),
             ...(q.campaign_id && { campaignId: q.campaign_id }),
             ...(to && { to }),
-            ...(q.from && { from: new Date(q.from) }),
-            ...(q.until && { until: new Date(q.until) }),
+            ...(q.from && { from: parseDateTime('from', q.from) }),
+            ...(q.until && { until: parseDateTime('until', q.until) }),
           },
           page,
         );

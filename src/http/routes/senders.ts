@@ -43,7 +43,7 @@ export function senderRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
             {
               phone_number: Type.String({ minLength: 1, maxLength: 32 }),
               kind: Type.Optional(Kind),
-              mps: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 10000 })),
+              mps: Type.Optional(Type.Number({ minimum: 0.01, maximum: 10000, description: 'messages per second (at least 0.01: one every 100 s)' })),
               is_default: Type.Optional(Type.Boolean()),
               workspace_id: Type.Optional(Id('ws')),
             },
@@ -85,7 +85,7 @@ export function senderRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           params: Type.Object({ id: Type.String({ maxLength: 64 }) }),
           body: Type.Object(
             {
-              mps: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 10000 })),
+              mps: Type.Optional(Type.Number({ minimum: 0.01, maximum: 10000, description: 'messages per second (at least 0.01: one every 100 s)' })),
               is_default: Type.Optional(Type.Literal(true)),
               workspace_id: Type.Optional(Id('ws')),
             },
