@@ -144,7 +144,8 @@ describe('happy path and API contract', () => {
 
   it('intake batches: the same keys in opposite orders do not deadlock, and a row PostgreSQL refuses fails alone', async () => {
     const batcher = createIntakeBatcher(p.tdb.db, { maxBatch: 100 });
-    const row = (key: string, sendAt = new Date()) => ({
+    // due in 300 days: never dispatched (and never spending this tenant's credits) while the pipeline runs
+    const row = (key: string, sendAt = new Date(Date.now() + 300 * 86_400_000)) => ({
       id: newId('msg'),
       organization_id: p.tenant.organizationId,
       workspace_id: p.tenant.workspaceId,

@@ -166,7 +166,7 @@ export function createIntakeBatcher(db: Db, options: { maxBatch?: number } = {})
   const batcher = createBatcher<store.NewMessage, store.MessageRow | undefined>(
     async (rows) => {
       try {
-        const inserted = new Map((await store.insertMessages(db, rows, 'planned')).map((r) => [r.id, r]));
+        const inserted = new Map((await store.insertMessages(db, rows, 'planned', undefined, true)).map((r) => [r.id, r]));
         return rows.map((r) => ({ value: inserted.get(r.id) }));
       } catch (err) {
         if (rows.length === 1 || !ROW_BY_ROW.test(sqlState(err))) throw err;

@@ -72,6 +72,13 @@ export async function insertMessages(
   status: MessageStatus = 'planned',
   /** NOTIFY this channel with the organization id when a row was inserted (in the same statement). */
   notify?: { channel: string; organizationId: string },
+  /**
+   * Insert in `(workspace_id, dedupe_key)` order: for batches that may hold
+   * the same keys as another batch in flight (the API's intake), which would
+   * otherwise deadlock taking them in opposite orders. A campaign's batch
+   * (one campaign, under its lock) keeps its rows in id order instead.
+   */
+  keyOrder = false,
 ): Promise<MessageRow[]> {
   if (messages.length === 0) return [];
   const { rows } = await sql<MessageRow>`
@@ -84,8 +91,7 @@ export async function insertMessages(
       from json_to_recordset(${JSON.stringify(messages)}::json) as x(id text, organization_id text, workspace_id text,
         dedupe_key text, request_hash text, producer text, campaign_id text, purpose text, to_number text, country text,
         from_number text, body text, encoding text, segments int, cost int, send_at timestamptz, recipient_timezone text, status_reason text)
-      -- in key order: two batches holding the same keys in opposite orders would otherwise deadlock
-      order by x.workspace_id, x.dedupe_key
+      ${keyOrder ? sql`order by x.workspace_id, x.dedupe_key` : sql``}
       on conflict (workspace_id, dedupe_key) do nothing
       returning *
     ), ev as (
