@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RECENT_SENDS, recentOutcomes } from '../src/campaigns/service.ts';
+import { checkCampaign, RECENT_SENDS, recentOutcomes } from '../src/campaigns/service.ts';
+import { silentLog } from './helpers/app.ts';
 import { campaignAction, campaignRow, createCampaign, makeAudience, waitForCampaign } from './helpers/campaigns.ts';
 import { grantCredits, type Pipeline, startPipeline } from './helpers/pipeline.ts';
 
@@ -85,5 +86,16 @@ describe('the look-back over the last sends', () => {
     const text = JSON.stringify(plan);
     expect(text).toContain('messages_campaign_claimed');
     expect(text).not.toContain('"Node Type":"Sort"');
+
+    // After a resume the look-back starts again: the failures that paused the campaign are still its last
+    // 500 sends, and would pause it again at the first check, whatever was fixed since.
+    expect(await recentOutcomes(p.tdb.db, c.id, new Date('2026-01-01T01:40:00Z'))).toEqual({ failed: 0, total: 0 }); // the 6,000th claim's second
+    const since = new Date(Date.parse('2026-01-01T00:00:00Z') + 5_900_000); // after the 5,900th claim
+    expect(await recentOutcomes(p.tdb.db, c.id, since)).toEqual({ failed: [...Array(100).keys()].map((k) => 5_901 + k).filter((i) => i % 7 === 0).length, total: 100 });
+    await sql`update campaigns set status = 'running', error_threshold = 0.1 where id = ${c.id}`.execute(p.tdb.db);
+    await sql`insert into campaign_events (campaign_id, event, from_status, to_status, reason, actor) values (${c.id}, 'resume', 'paused', 'running', null, 'test')`.execute(p.tdb.db);
+    await checkCampaign({ db: p.tdb.db, log: silentLog }, c.id);
+    expect((await campaignRow(p, c.id)).status).toBe('running'); // 14 % failed before the resume, nothing since
+    await sql`update campaigns set status = 'cancelled' where id = ${c.id}`.execute(p.tdb.db);
   });
 });

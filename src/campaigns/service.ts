@@ -209,7 +209,11 @@ export async function checkCampaign(deps: { db: Db; log: Logger }, campaignId: s
     const c = await findCampaign(trx, campaignId);
     if (c === undefined || c.status !== 'running') return;
     if (c.error_threshold !== null) {
-      const recent = await recentOutcomes(trx, c.id);
+      // Counted from the last resume: the sends that passed the threshold are still the last 500 when
+      // someone resumes, and would pause the campaign again at the first check, whatever was fixed since.
+      const { rows: resumes } = await sql<{ at: Date | null }>`select max(at) as at from campaign_events
+        where campaign_id = ${c.id} and event = 'resume'`.execute(trx);
+      const recent = await recentOutcomes(trx, c.id, resumes[0]?.at ?? undefined);
       if (errorThresholdExceeded(recent, c.error_threshold)) {
         await messaging.pauseCampaigns(trx, [c.id], 'error_threshold', 'campaign_check');
         deps.log.warn({ campaign_id: c.id, ...recent }, 'campaign paused: error threshold passed');
@@ -246,10 +250,11 @@ const FINISHED = ['sent', 'delivered', 'undelivered', 'failed'] as const;
  * read from the end of its range in (campaign_id, status, claimed_at), so a
  * check costs the same at the millionth send as at the first.
  */
-export async function recentOutcomes(db: DbOrTx, campaignId: string): Promise<{ failed: number; total: number }> {
+export async function recentOutcomes(db: DbOrTx, campaignId: string, since?: Date): Promise<{ failed: number; total: number }> {
+  const after = since === undefined ? sql`claimed_at is not null` : sql`claimed_at > ${since}`;
   const branches = FINISHED.map(
     (status) => sql`(select status, status_reason, claimed_at from messages
-      where campaign_id = ${campaignId} and status = ${status} and claimed_at is not null
+      where campaign_id = ${campaignId} and status = ${status} and ${after}
       order by claimed_at desc limit ${RECENT_SENDS})`,
   );
   const { rows } = await sql<{ failed: number; total: number }>`
