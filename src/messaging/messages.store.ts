@@ -146,6 +146,13 @@ export interface Patch {
   expect_attempts?: number;
   /** apply only if the message has no carrier id yet, or this one (a carrier report names its message) */
   expect_sid?: string;
+  /**
+   * The claim's attempt never reached the carrier (the breaker was open, or
+   * the message was withdrawn before the call): it is given back, so that
+   * `attempts` counts carrier calls and the retry limit and backoff see
+   * only those.
+   */
+  uncount_attempt?: true;
 }
 
 const PATCHABLE = ['next_attempt_at', 'reservation_id', 'provider_sid', 'provider_status', 'error_code', 'lease_until'] as const;
@@ -193,6 +200,7 @@ export async function applyEvent(
         status = ${to},
         status_reason = case when p ? 'reason' then p->>'reason' else m.status_reason end,
         ${sql.join(set, sql`, `)},
+        attempts = case when p ? 'uncount_attempt' then greatest(m.attempts - 1, 0) else m.attempts end,
         sent_at = ${to === 'sent' ? sql`coalesce(m.sent_at, now())` : sql`m.sent_at`},
         terminal_at = ${terminal ? sql`coalesce(m.terminal_at, now())` : sql`m.terminal_at`},
         updated_at = now()

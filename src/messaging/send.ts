@@ -131,13 +131,23 @@ async function attemptOne(deps: SendDeps, c: Claimed): Promise<Attempt> {
   deps.breakers.set(account, gate.next);
   if (!gate.allow) return { message: c.message, outcome: { outcome: 'circuit_open', retryAt: gate.retryAt ?? Date.now() + 5_000 } };
   const m = c.message;
-  const outcome = await deps.carrier.send({
-    messageId: m.id,
-    to: m.to_number,
-    from: m.from_number,
-    body: m.body,
-    statusCallbackUrl: statusCallbackUrl(deps.publicUrl, m.id),
-  });
+  let outcome: SendOutcome;
+  try {
+    outcome = await deps.carrier.send({
+      messageId: m.id,
+      to: m.to_number,
+      from: m.from_number,
+      body: m.body,
+      statusCallbackUrl: statusCallbackUrl(deps.publicUrl, m.id),
+    });
+  } catch (err) {
+    // The adapter threw instead of answering (an error it does not know): the request may have
+    // left, so the outcome is unknown (reconciliation settles it), the breaker counts a failure
+    // (a probe that throws must not leave it half-open for good), and the batch's other
+    // messages are recorded as usual.
+    deps.log.error({ message_id: m.id, err }, 'carrier call threw; outcome unknown');
+    outcome = { outcome: 'unknown', reason: `carrier call threw: ${(err as Error).message}` };
+  }
   const transient =
     outcome.outcome === 'not_sent' ||
     outcome.outcome === 'unknown' ||
@@ -191,15 +201,29 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
       case 'withdrawn':
         (o.terminal ? withdrawnSkip : withdrawnBlock).push({
           id: m.id,
-          patch: { reason: o.reason, lease_until: null, reservation_id: null, expect_attempts: m.attempts, details: { attempt: m.attempts, withdrawn: true } },
+          patch: {
+            reason: o.reason,
+            lease_until: null,
+            reservation_id: null,
+            expect_attempts: m.attempts,
+            uncount_attempt: true,
+            details: { attempt: m.attempts, withdrawn: true },
+          },
         });
         break;
       case 'circuit_open':
-        // Not attempted: try again when the breaker lets a probe through.
+        // Not attempted: try again when the breaker lets a probe through. The attempt is given back:
+        // counted, an outage of a minute or so used up a message's five tries without one carrier call.
         retry.push({
           id: m.id,
           at: o.retryAt,
-          patch: { reason: 'circuit_open', next_attempt_at: new Date(o.retryAt).toISOString(), lease_until: null, expect_attempts: m.attempts },
+          patch: {
+            reason: 'circuit_open',
+            next_attempt_at: new Date(o.retryAt).toISOString(),
+            lease_until: null,
+            expect_attempts: m.attempts,
+            uncount_attempt: true,
+          },
         });
         break;
       case 'unknown':
