@@ -87,7 +87,10 @@ export async function recordConsents(
       }),
     );
     const state = deriveConsent(toEvents(await consentHistory(trx, scope.workspaceId, item.phone)));
-    out.push({ phone: item.phone, events, state, confirmationNeeded });
+    // Only a request that left marketing pending asks for the YES: a backdated grant under a later
+    // STOP leaves it revoked, and the question (a system message, which consent does not stop)
+    // would text a number that opted out.
+    out.push({ phone: item.phone, events, state, confirmationNeeded: confirmationNeeded && state.marketing === 'pending' });
   }
   return out;
 }

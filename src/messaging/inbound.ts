@@ -74,6 +74,12 @@ export async function handleInbound(deps: { db: Db; log: Logger }, params: Recor
         return { outcome: 'opted_in', inboundId: row.id, purposes };
       }
       case 'help': {
+        // A sender we could not parse as a phone number (a short code, an alphanumeric id) cannot be
+        // answered; its text is still stored (a refused reply used to roll the inbound message back).
+        if (!parsed.ok) {
+          log.info({ keyword: keyword.keyword }, 'HELP from a number that cannot be texted back; not answered');
+          return { outcome: 'help', inboundId: row.id, replyId: null };
+        }
         const ws = await workspaceTexts(trx, scope.workspaceId);
         const reply = await createSystemMessage(trx, {
           ...scope,

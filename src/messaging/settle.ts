@@ -4,8 +4,10 @@ import * as credits from '../credits/index.ts';
 import type { Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { forEachLimited } from '../shared/concurrency.ts';
+import { classifyCarrierError } from './carrierErrors.ts';
 import { enqueueSends } from './dispatch.ts';
 import * as store from './messages.store.ts';
+import { applyOptOut } from './optOut.ts';
 import { MAX_ATTEMPTS } from './retry.ts';
 import { captureFor, releaseFor } from './reservations.ts';
 import { DEFAULT_LEASE_MS, type SendDeps } from './send.ts';
@@ -48,6 +50,20 @@ export async function applyCarrierReport(trx: Tx, message: store.MessageRow, rep
   ]);
   const step = moved[0];
   if (step === undefined) return false;
+  // 21610 reported after the carrier took the message (a Messaging Service
+  // sender reports it in the status callback, not in the answer to the
+  // send): the person opted out at the carrier, as on the send path. Before
+  // the captures below: message rows first, then the account.
+  if (report.errorCode !== null && classifyCarrierError(report.errorCode, 200).optOut === true) {
+    await applyOptOut(trx, {
+      organizationId: message.organization_id,
+      workspaceId: message.workspace_id,
+      phone: message.to_number,
+      source: 'carrier_opt_out',
+      evidence: { message_id: message.id, error_code: report.errorCode, via: source },
+      actor: 'carrier',
+    });
+  }
   // Capture: a message still `sending` is captured by its worker's outcome
   // step, in a batch with the others (one account lock per batch, not per
   // callback); if that worker died, reconciliation captures it. A message
