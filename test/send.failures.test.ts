@@ -73,6 +73,21 @@ describe('a pre-send check the database fails', () => {
   });
 });
 
+describe('a message that waited for its slot past its claim', () => {
+  it('is not sent if it is no longer this claim\'s (reconciliation put it back meanwhile), and stays queued for the next', async () => {
+    const [first, second] = await newMessages(2);
+    // one a second from the sender: the second waits about a second for its slot; meanwhile it is put back,
+    // as reconciliation puts back a message whose lease ran out and that the carrier provably does not have
+    const batch = sendBatch(p.sendDeps, [first!, second!]);
+    await eventually(async () => ((await message(p, second!)).status === 'sending' ? true : undefined), 5_000, 'the claim');
+    await sql`update messages set status = 'queued', lease_until = null, status_reason = 'lease_expired' where id = ${second!}`.execute(p.tdb.db);
+    await batch;
+    expect(copiesAtCarrier(first!)).toBe(1);
+    expect(copiesAtCarrier(second!)).toBe(0);
+    expect(await message(p, second!)).toMatchObject({ status: 'queued', status_reason: 'lease_expired' });
+  });
+});
+
 describe('an outcome step rolled back for a deadlock', () => {
   it('is recorded again at once: sent once, captured, one copy at the carrier', async () => {
     const [id] = await newMessages(1);

@@ -63,9 +63,11 @@ async function stillMayGo(deps: SendDeps, m: store.MessageRow): Promise<{ ok: tr
       ${CAMPAIGN_CLAIMABLE} as campaign, ${CAMPAIGN_ENDED} as ended,
       o.frozen_at is not null as frozen, ${SUBSCRIPTION_OK} as subscription, w.sms_enabled as enabled
     from messages m join organizations o on o.id = m.organization_id join workspaces w on w.id = m.workspace_id
-    where m.id = ${m.id}`.execute(deps.db);
+    where m.id = ${m.id} and m.status = 'sending' and m.attempts = ${m.attempts}`.execute(deps.db);
   const r = rows[0];
-  if (r === undefined) return { ok: false, reason: 'not_found', terminal: true };
+  // No longer this claim's (it waited past its lease, and reconciliation put it back for another
+  // worker): not sent from here. Its outcome is a no-op, guarded by the attempt it was claimed on.
+  if (r === undefined) return { ok: false, reason: 'no_longer_claimed', terminal: true };
   if (!r.consent) return { ok: false, reason: 'no_consent', terminal: true };
   if (r.ended) return { ok: false, reason: 'campaign_cancelled', terminal: true };
   if (!r.campaign) return { ok: false, reason: 'campaign_paused', terminal: false };
