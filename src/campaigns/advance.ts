@@ -95,9 +95,7 @@ async function buildMessages(
 ): Promise<(messaging.NewMessage & { status_reason: string | null })[]> {
   const parsed = parseTemplate(c.body_template);
   if (!parsed.ok) throw new Error(`campaign ${c.id}: template no longer parses: ${parsed.reason}`);
-  const { rows: wsRows } = await sql<{ allowed_countries: string[] | null; home_country: string }>`
-    select allowed_countries, home_country from workspaces where id = ${c.workspace_id}`.execute(trx);
-  const allowed = allowedCountries(wsRows[0]!);
+  const allowed = allowedCountries(await messaging.workspaceCountries(trx, c.workspace_id));
   const priceList = await messaging.organizationPriceList(trx, c.organization_id);
   const now = Date.now();
   const stem = c.id.slice(-6);

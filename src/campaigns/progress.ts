@@ -115,9 +115,7 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
   if (!parsed.ok) throw new Error('template does not parse');
   const priceList = await messaging.organizationPriceList(db, c.organization_id);
   // the numbers the campaign would skip for free (a country the workspace may not text, premium rate, …), as advance decides
-  const { rows: wsRows } = await sql<{ allowed_countries: string[] | null; home_country: string }>`
-    select allowed_countries, home_country from workspaces where id = ${c.workspace_id}`.execute(db);
-  const allowed = allowedCountries(wsRows[0]!);
+  const allowed = allowedCountries(await messaging.workspaceCountries(db, c.workspace_id));
   const balance = await credits.getCredits(db, c.organization_id);
   // debt blocks every reservation
   const available = balance.debt > 0 ? 0 : balance.available;

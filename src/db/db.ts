@@ -55,7 +55,8 @@ export function createDb(pool: pg.Pool, options: { prepare?: boolean; genericPla
 /** Errors that mean "the server is not there yet" (restarting, starting up), not "you may not". */
 const TRANSIENT_CONNECT = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', '57P01', '57P02', '57P03']);
 
-const codeOf = (err: unknown): string | undefined => {
+/** The SQLSTATE (or Node error code) of an error, if it has one. */
+export const codeOf = (err: unknown): string | undefined => {
   const code = err instanceof Error ? (err as { code?: unknown }).code : undefined;
   return typeof code === 'string' ? code : undefined;
 };

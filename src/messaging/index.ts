@@ -16,6 +16,7 @@ export {
   pricePhone,
   scheduleDispatch,
   truncateCharacters,
+  workspaceCountries,
 } from './intake.ts';
 export {
   type EventRow,

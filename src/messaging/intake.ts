@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
-import type { Db, DbOrTx } from '../db/db.ts';
+import { codeOf, type Db, type DbOrTx } from '../db/db.ts';
 import { createBatcher } from '../shared/batcher.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { DomainError, validationError } from '../shared/errors.ts';
@@ -77,7 +77,8 @@ export function pricePhone(phone: Extract<ParsedPhone, { ok: true }>, body: stri
   };
 }
 
-async function workspaceCountries(db: DbOrTx, workspaceId: string): Promise<{ allowed_countries: string[] | null; home_country: string }> {
+/** The workspace's country allow-list and home country (what `allowedCountries` reads). */
+export async function workspaceCountries(db: DbOrTx, workspaceId: string): Promise<{ allowed_countries: string[] | null; home_country: string }> {
   const { rows } = await sql<{ allowed_countries: string[] | null; home_country: string }>`
     select allowed_countries, home_country from workspaces where id = ${workspaceId}`.execute(db);
   return rows[0] ?? { allowed_countries: null, home_country: 'US' };
@@ -147,10 +148,6 @@ function requestHash(input: ApiMessageInput): string {
 
 /** SQLSTATEs after which an intake batch is written again row by row: data exceptions, deadlock, serialization failure. */
 const ROW_BY_ROW = /^(22|40P01$|40001$)/;
-const sqlState = (err: unknown): string => {
-  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
-  return typeof code === 'string' ? code : '';
-};
 
 /** Stores one new `planned` message; undefined when its dedupe key is taken. */
 export type MessageInserter = (row: store.NewMessage) => Promise<store.MessageRow | undefined>;
@@ -169,7 +166,7 @@ export function createIntakeBatcher(db: Db, options: { maxBatch?: number } = {})
         const inserted = new Map((await store.insertMessages(db, rows, 'planned', undefined, true)).map((r) => [r.id, r]));
         return rows.map((r) => ({ value: inserted.get(r.id) }));
       } catch (err) {
-        if (rows.length === 1 || !ROW_BY_ROW.test(sqlState(err))) throw err;
+        if (rows.length === 1 || !ROW_BY_ROW.test(codeOf(err) ?? '')) throw err;
         // One request's value the database refuses (class 22), or a deadlock with another batch
         // (40P01): the batch rolled back whole. Each row alone, so that only a bad one fails,
         // not up to 200 requests of any tenant that happened to share its statement.

@@ -119,17 +119,10 @@ export async function fulfillSession(deps: BillingDeps, sessionId: string): Prom
       stripe_subscription_id = ${session.subscription} where id = ${sessionId}`.execute(trx);
     return 'fulfilled';
   });
-  if (result === 'already_fulfilled') await settleLateRefunds(deps, sessionId);
-  if (result === 'fulfilled' && known[0].kind === 'pack' && session.paymentIntent !== null) {
-    // A `charge.refunded` handled after the read above and before that commit found no
-    // payment to act on; asked again now, Stripe's answer holds it (a refund after this
-    // read finds the payment recorded). Refunds keep the highest amount: nothing twice.
-    const refundedNow = await deps.payments.refundedAmount(session.paymentIntent);
-    if (refundedNow > refundedSoFar) {
-      const pi = session.paymentIntent;
-      await deps.db.transaction().execute((trx) => applyRefund(trx, pi, refundedNow));
-    }
-  }
+  // A `charge.refunded` handled after the read above and before that commit found no
+  // payment to act on; asked again now, Stripe's answer holds it (a refund after this
+  // read finds the payment recorded). Refunds keep the highest amount: nothing twice.
+  if (result === 'fulfilled' || result === 'already_fulfilled') await settleLateRefunds(deps, sessionId);
   return result;
 }
 
