@@ -41,6 +41,8 @@ export async function startBenchStack(home: string, databaseUrl: string, credits
     ...(nodeArgs && { BENCH_NODE_ARGS: nodeArgs }),
     // to compare: DB_GENERIC_PLANS=off npm run bench:send
     ...(process.env.DB_GENERIC_PLANS && { DB_GENERIC_PLANS: process.env.DB_GENERIC_PLANS }),
+    // to try another bound of the API's flow control (0: none)
+    ...(process.env.INTAKE_BACKLOG_LIMIT && { INTAKE_BACKLOG_LIMIT: process.env.INTAKE_BACKLOG_LIMIT }),
   };
   const sim = spawnCredence(['simulator'], { ...common, SIMULATOR_PORT: String(simPort), SIMULATOR_FAULTS: '{"latencyMs":{"min":0,"max":5}}' });
   await sim.waitFor(/listening on/);

@@ -57,7 +57,11 @@ export class HttpError extends Error {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** One HTTP call, JSON in and out; a 5xx or a connection error is tried again for up to `patienceMs` (the database may be restarting). */
+/**
+ * One HTTP call, JSON in and out; a 5xx or a connection error is tried again
+ * for up to `patienceMs` (the database may be restarting), and a 429 after
+ * its Retry-After (the API's flow control), as a well-behaved client does.
+ */
 export async function call(
   url: string,
   init: { method?: string; key?: string; body?: unknown; text?: string; contentType?: string; headers?: Record<string, string> } = {},
@@ -79,8 +83,8 @@ export async function call(
         ...(init.text !== undefined && { body: init.text }),
       });
       const text = await res.text();
-      if (res.status >= 500 && Date.now() < deadline) {
-        await sleep(500);
+      if ((res.status >= 500 || res.status === 429) && Date.now() < deadline) {
+        await sleep(res.status === 429 ? Number(res.headers.get('retry-after') ?? 1) * 1000 : 500);
         continue;
       }
       const json = text === '' ? {} : (JSON.parse(text) as Record<string, unknown>);

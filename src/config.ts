@@ -23,6 +23,10 @@ export interface Config {
   /** The send path's transactions reuse one plan per statement (`plan_cache_mode = force_generic_plan`). */
   dbGenericPlans: boolean;
   shutdownTimeoutMs: number;
+  /** POST /v1/messages: an organization's API messages due and not yet at the carrier above which requests wait (0 = no limit). */
+  intakeBacklogLimit: number;
+  /** How long such a request waits for room before its 429. */
+  intakeBacklogWaitMs: number;
   /** Real Twilio account; when absent, Credence sends through its carrier simulator. */
   twilio: { accountSid: string; authToken: string; apiUrl: string | undefined } | undefined;
   /** Port of the built-in carrier simulator (`credence start` without Twilio credentials). */
@@ -143,6 +147,8 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     dbPreparedStatements: read('DB_PREPARED_STATEMENTS', oneOf(['on', 'off'] as const), 'on') === 'on',
     dbGenericPlans: read('DB_GENERIC_PLANS', oneOf(['on', 'off'] as const), 'on') === 'on',
     shutdownTimeoutMs: read('SHUTDOWN_TIMEOUT_MS', integer(100, 600_000), 15_000),
+    intakeBacklogLimit: read('INTAKE_BACKLOG_LIMIT', integer(0, 1_000_000), 1_000),
+    intakeBacklogWaitMs: read('INTAKE_BACKLOG_WAIT_MS', integer(100, 600_000), 10_000),
     twilio: undefined,
     simulatorPort: read('SIMULATOR_PORT', integer(0, 65535), 3001),
     carrierTimeoutMs: read('CARRIER_TIMEOUT_MS', integer(100, 120_000), 10_000),
@@ -245,6 +251,12 @@ export const CONFIG_DOC: readonly { variable: string; default: string; meaning: 
     default: '15000',
     meaning: 'how long a shutdown waits for in-flight work',
   },
+  {
+    variable: 'INTAKE_BACKLOG_LIMIT',
+    default: '1000',
+    meaning: "POST /v1/messages waits while this many of the organization's API messages are due and not yet at the carrier (0: no limit)",
+  },
+  { variable: 'INTAKE_BACKLOG_WAIT_MS', default: '10000', meaning: 'how long such a request waits for room before a 429 with Retry-After (nothing stored)' },
   { variable: 'TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN', default: '(simulator)', meaning: 'send through this Twilio account; unset = the built-in carrier simulator' },
   { variable: 'TWILIO_API_URL', default: 'https://api.twilio.com', meaning: 'Twilio REST base URL (point it at a simulator)' },
   { variable: 'SIMULATOR_PORT', default: '3001', meaning: 'port of the built-in carrier simulator (loopback)' },

@@ -263,7 +263,16 @@ export async function startCredence(
       // all-in-one start without a Stripe key runs the payments simulator too
       const paymentsSetup = await openPayments(config, log, roles.worker && config.stripe === undefined);
       paymentsSimulator = paymentsSetup.simulator;
-      app = await buildApp({ config, db, pipelineDb, pool, log, carrier, billing: { ...paymentsSetup.billing, db } });
+      app = await buildApp({
+        config,
+        db,
+        pipelineDb,
+        pool,
+        log,
+        carrier,
+        intake: { backlogLimit: config.intakeBacklogLimit, backlogWaitMs: config.intakeBacklogWaitMs },
+        billing: { ...paymentsSetup.billing, db },
+      });
       await app.listen({ host: config.host, port: config.port });
       const address = app.server.address();
       const port = typeof address === 'object' && address !== null ? address.port : config.port;

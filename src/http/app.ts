@@ -37,6 +37,8 @@ export interface AppDeps {
   log: Logger;
   /** Only webhook verification is needed here; sending happens in the worker. */
   carrier: Pick<Carrier, 'validateWebhook'>;
+  /** Flow control of POST /v1/messages (messaging/admission.ts); absent = none. */
+  intake?: { backlogLimit: number; backlogWaitMs: number };
   /** Payments (Stripe or its simulator); absent = billing routes answer 503. */
   billing?: BillingDeps;
 }

@@ -66,6 +66,8 @@ export function errorHandler(
 ): FastifyReply {
   if (error instanceof DomainError) {
     if (error.code === 'internal_error') request.log.error({ err: error }, 'internal error');
+    const retryAfter = error.extra?.retry_after_seconds;
+    if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
     return sendProblem(reply, request, error.code, {
       detail: error.detail ?? error.message,
       fields: error.fields,

@@ -1,3 +1,4 @@
+export { type Admission, type AdmissionOptions, countApiBacklog, createAdmission } from './admission.ts';
 export { type BreakerState, CLOSED as BREAKER_CLOSED } from './breaker.ts';
 export { CARRIER_ERRORS, classifyCarrierError, type ErrorClass } from './carrierErrors.ts';
 export { type Dispatcher, notifyDispatch, startDispatcher } from './dispatcher.ts';

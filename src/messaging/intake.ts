@@ -196,8 +196,12 @@ export async function createApiMessage(
   scope: { organizationId: string; workspaceId: string },
   input: ApiMessageInput,
   idempotencyKey: string | undefined,
-  /** How an immediate message is stored (the API passes its batcher); default one INSERT of its own. */
-  insert?: MessageInserter,
+  /**
+   * How an immediate message is stored (the API passes its batcher; default
+   * one INSERT of its own), and what it waits for first (the API's flow
+   * control, admission.ts).
+   */
+  immediate: { insert?: MessageInserter; admit?: (organizationId: string) => Promise<() => void> } = {},
 ): Promise<Intake> {
   if (!PURPOSES.includes(input.purpose)) throw validationError('purpose', `must be one of ${PURPOSES.join(', ')}`);
   let sendAt = new Date();
@@ -254,7 +258,22 @@ export async function createApiMessage(
   } else {
     // The hot path: one statement inserts the message and its event; the
     // dispatchers are woken after commit, coalesced with other requests.
-    inserted = insert !== undefined ? await insert(row) : (await store.insertMessages(db, [row], 'planned'))[0];
+    let stored: () => void = () => undefined;
+    if (immediate.admit !== undefined) {
+      try {
+        stored = await immediate.admit(scope.organizationId);
+      } catch (err) {
+        // refused for room: a retry of a request already stored still gets its message
+        const existing = idempotencyKey === undefined ? undefined : await store.findByDedupeKey(db, scope.workspaceId, dedupeKey);
+        if (existing === undefined) throw err;
+        return replay(existing, hash);
+      }
+    }
+    try {
+      inserted = immediate.insert !== undefined ? await immediate.insert(row) : (await store.insertMessages(db, [row], 'planned'))[0];
+    } finally {
+      stored();
+    }
     if (inserted !== undefined) wakeDispatcher(db, scope.organizationId);
   }
   if (inserted !== undefined) return { message: inserted, created: true };

@@ -14,7 +14,13 @@ const noCarrier = { validateWebhook: () => false };
 
 export async function buildTestApp(
   tdb: TestDatabase,
-  options: { carrier?: Pick<Carrier, 'validateWebhook'>; publicUrl?: string; billing?: BillingDeps } = {},
+  options: {
+    carrier?: Pick<Carrier, 'validateWebhook'>;
+    publicUrl?: string;
+    billing?: BillingDeps;
+    /** the API's flow control (absent: none, as the other tests were written) */
+    intake?: { backlogLimit: number; backlogWaitMs: number };
+  } = {},
 ): Promise<TestApp> {
   return buildApp({
     config: { publicUrl: options.publicUrl ?? 'http://localhost:3000' },
@@ -24,6 +30,7 @@ export async function buildTestApp(
     log: silentLog,
     carrier: options.carrier ?? noCarrier,
     ...(options.billing && { billing: options.billing }),
+    ...(options.intake && { intake: options.intake }),
   });
 }
 

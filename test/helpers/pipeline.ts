@@ -43,6 +43,7 @@ export async function startPipeline(
     senderMps?: number;
     callbackDelayMs?: { sent: [number, number]; final: [number, number] };
     payments?: boolean;
+    intake?: { backlogLimit: number; backlogWaitMs: number };
   } = {},
 ): Promise<Pipeline> {
   const tdb = await createTestDatabase({ poolSize: 20 });
@@ -77,7 +78,7 @@ export async function startPipeline(
         log: silentLog,
       }
     : undefined;
-  const app = await buildTestApp(tdb, { carrier, publicUrl: apiUrl, ...(billing && { billing }) });
+  const app = await buildTestApp(tdb, { carrier, publicUrl: apiUrl, ...(billing && { billing }), ...(options.intake && { intake: options.intake }) });
   await app.listen({ host: '127.0.0.1', port });
   const op = await operatorKey(tdb);
   const tenant = await createTenant(app, op, 'Pipeline Co');

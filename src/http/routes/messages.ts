@@ -95,13 +95,23 @@ export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
   return async (app) => {
     // immediate messages are stored in batches, one commit for many requests
     const inserts = messaging.createIntakeBatcher(deps.pipelineDb);
-    app.addHook('onClose', () => inserts.close());
+    // and wait while the organization's API backlog is at its limit
+    const admission = messaging.createAdmission((org, limit) => messaging.countApiBacklog(deps.pipelineDb, org, limit), {
+      limit: deps.intake?.backlogLimit ?? 0,
+      maxWaitMs: deps.intake?.backlogWaitMs ?? 10_000,
+    });
+    app.addHook('onClose', () => {
+      admission.close();
+      return inserts.close();
+    });
     app.post(
       '/v1/messages',
       {
         schema: {
           tags: ['messages'],
           summary: 'Send one SMS (workspace key). Accepted for sending: 202; the same Idempotency-Key returns the same message.',
+          description:
+            "While the organization's API messages due and not yet at the carrier number INTAKE_BACKLOG_LIMIT, the request waits for room; after INTAKE_BACKLOG_WAIT_MS it is a 429 problem (reason backlog_full) with Retry-After, and nothing is stored.",
           headers: Type.Object({ 'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }),
           body: Type.Object(
             {
@@ -126,7 +136,7 @@ export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           { organizationId: p.organizationId, workspaceId: p.workspaceId },
           request.body,
           request.headers['idempotency-key'],
-          inserts.insert,
+          { insert: inserts.insert, admit: admission.enter },
         );
         return reply.code(intake.created ? 202 : 200).send(toApi(intake.message));
       },
