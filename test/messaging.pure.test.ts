@@ -178,3 +178,21 @@ describe('circuit breaker', () => {
     expect(breakerRecord(probe.next, 'success', 16_500)).toEqual(CLOSED);
   });
 });
+
+describe('reconciliation by number and body: matchBySiblings', () => {
+  it.each([
+    // untaken copies, unresolved siblings, one in a worker's hands → take, ambiguous
+    [0, 0, false, false, false],
+    [1, 0, false, true, false],
+    [1, 1, false, false, true],
+    [1, 1, true, false, true],
+    [2, 1, false, true, false],
+    [2, 1, true, false, true],
+    [3, 2, false, true, false],
+    [2, 2, false, false, true],
+    [0, 3, true, false, false],
+  ])('%i copies, %i siblings (live %s): take %s, ambiguous %s', async (untaken, count, live, take, ambiguous) => {
+    const { matchBySiblings } = await import('../src/messaging/settle.ts');
+    expect(matchBySiblings(untaken, { count, live })).toEqual({ take, ambiguous });
+  });
+});

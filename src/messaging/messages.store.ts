@@ -194,6 +194,10 @@ export async function applyEvent(
       where ${statusOfListed('m', from)}
         and (not (input.p ? 'expect_attempts') or m.attempts = (input.p->>'expect_attempts')::int)
         and (not (input.p ? 'expect_sid') or m.provider_sid is null or m.provider_sid = input.p->>'expect_sid')
+        -- a carrier id another message holds is not this one's: left out (the unique
+        -- index would otherwise fail the whole statement, every message in it)
+        and (not (input.p ? 'provider_sid') or m.provider_sid is not distinct from input.p->>'provider_sid'
+          or not exists (select 1 from messages o where o.provider_sid = input.p->>'provider_sid'))
       for update of m ${options.skipLocked ? sql`skip locked` : sql``}
     ), upd as (
       update messages m set

@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import type { CarrierMessage } from '../carriers/carrier.ts';
 import * as credits from '../credits/index.ts';
-import type { Tx } from '../db/db.ts';
+import type { DbOrTx, Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import { forEachLimited } from '../shared/concurrency.ts';
 import { classifyCarrierError } from './carrierErrors.ts';
@@ -238,6 +238,8 @@ async function reconcileOne(deps: SendDeps, m: store.MessageRow, report: Reconci
   }
   let found: CarrierMessage | undefined;
   let lookedUp = false;
+  /** The carrier holds copies that may be this message's or a sibling's: neither proof of absence nor a match. */
+  let ambiguous = false;
   try {
     if (m.provider_sid !== null) {
       found = await deps.carrier.fetchMessage(m.provider_sid);
@@ -249,9 +251,10 @@ async function reconcileOne(deps: SendDeps, m: store.MessageRow, report: Reconci
         const { rows: taken } = await sql<{ provider_sid: string }>`select provider_sid from messages
           where provider_sid = any(${matching.map((c) => c.providerSid)}::text[])`.execute(deps.db);
         const takenSet = new Set(taken.map((t) => t.provider_sid));
-        found = matching
-          .filter((c) => !takenSet.has(c.providerSid))
-          .sort((a, b) => a.dateCreated.getTime() - b.dateCreated.getTime())[0];
+        const untaken = matching.filter((c) => !takenSet.has(c.providerSid)).sort((a, b) => a.dateCreated.getTime() - b.dateCreated.getTime());
+        const match = untaken.length === 0 ? { take: false, ambiguous: false } : matchBySiblings(untaken.length, await unresolvedSiblings(deps.db, m));
+        if (match.take) found = untaken[0];
+        ambiguous = match.ambiguous;
       }
     }
     lookedUp = true;
@@ -264,7 +267,7 @@ async function reconcileOne(deps: SendDeps, m: store.MessageRow, report: Reconci
       if (await applyCarrierReport(trx, m, { providerSid: found.providerSid, status: found.status, errorCode: found.errorCode }, 'reconciliation')) report.settled++;
       return;
     }
-    if (lookedUp && age >= (deps.lookupGraceMs ?? LOOKUP_GRACE_MS)) {
+    if (lookedUp && !ambiguous && age >= (deps.lookupGraceMs ?? LOOKUP_GRACE_MS)) {
       if (m.attempts >= MAX_ATTEMPTS) {
         const moved = await store.applyEvent(trx, 'rejected', [
           { id: m.id, patch: { reason: 'attempts_exhausted', lease_until: null, expect_attempts: m.attempts, details: { source: 'reconciliation' } } },
@@ -296,6 +299,37 @@ async function reconcileOne(deps: SendDeps, m: store.MessageRow, report: Reconci
       }
     }
   });
+}
+
+/**
+ * Our other messages, in any organization (one carrier account serves all,
+ * and an alphanumeric sender id may repeat between them), that a carrier
+ * message with this number, sender and body could belong to: no carrier id
+ * recorded, and at the carrier or maybe on its way (`sending`, `unknown`).
+ * `live`: one of them is in a worker's hands now (its answer may still come).
+ */
+async function unresolvedSiblings(db: DbOrTx, m: store.MessageRow): Promise<{ count: number; live: boolean }> {
+  const { rows } = await sql<{ count: number; live: boolean | null }>`
+    select count(*)::int as count, bool_or(status = 'sending' and lease_until >= now()) as live from messages
+    where status in ('sending', 'unknown') and provider_sid is null and id <> ${m.id}
+      and to_number = ${m.to_number} and from_number is not distinct from ${m.from_number} and body = ${m.body}`.execute(db);
+  return { count: rows[0]?.count ?? 0, live: rows[0]?.live ?? false };
+}
+
+/**
+ * Whether a message found by number and body may take the oldest untaken
+ * carrier copy (pure). Alone, it may. With unresolved siblings the copies
+ * cannot be told apart: it takes one only when every one of them has a copy
+ * and none is still in a worker's hands (that worker records its own copy:
+ * taking it would make the sibling look absent, and be sent again);
+ * otherwise it waits for the status callbacks (their URLs name our message)
+ * or the horizon, and is never queued again on that evidence.
+ */
+export function matchBySiblings(untaken: number, siblings: { count: number; live: boolean }): { take: boolean; ambiguous: boolean } {
+  if (untaken === 0) return { take: false, ambiguous: false };
+  if (siblings.count === 0) return { take: true, ambiguous: false };
+  if (!siblings.live && untaken >= siblings.count + 1) return { take: true, ambiguous: false };
+  return { take: false, ambiguous: true };
 }
 
 /**
