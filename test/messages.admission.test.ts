@@ -90,7 +90,6 @@ describe('POST /v1/messages flow control', () => {
     })();
     const COUNT = 60;
     let next = 0;
-    let refusals = 0;
     await Promise.all(
       Array.from({ length: 12 }, async () => {
         while (next < COUNT) {
@@ -100,7 +99,6 @@ describe('POST /v1/messages flow control', () => {
             if (res.statusCode === 202) break;
             // a well-behaved client: after a 429, again after Retry-After
             expect(res.statusCode).toBe(429);
-            refusals++;
             await new Promise((r) => setTimeout(r, 200));
           }
         }

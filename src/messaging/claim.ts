@@ -9,6 +9,9 @@ import { decide, type RuleColumns } from './rules.ts';
 import type { SendDeps } from './send.ts';
 import { takeSendSlots } from './senders.ts';
 
+/** A claim's decisions older than this when it takes its sender slots are taken again. */
+const RULES_FRESH_MS = 200;
+
 /** How long a claimed message may stay `sending` before reconciliation looks at it (SEND_LEASE_MS). */
 export const DEFAULT_LEASE_MS = 120_000;
 
@@ -58,7 +61,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
       const k = `${m.workspace_id}\u0000${m.from_number}`;
       bySender.set(k, [...(bySender.get(k) ?? []), m]);
     }
-    const go: Claimed[] = [];
+    let go: Claimed[] = [];
     const later: { ids: string[]; at: number }[] = [];
     for (const key of [...bySender.keys()].sort()) {
       const group = bySender.get(key)!;
@@ -74,6 +77,16 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
       await enqueueSends(trx, l.ids, new Date(l.at));
     }
 
+    // The rules were decided at \`now\`; the cap locks and sender rows above may
+    // have waited behind other claims since. Decided again on a fresh clock,
+    // so the recipient's window holds from here to the slot horizon (G5: a
+    // message claimed just before its window closed went after it). A slot
+    // taken for one refused now is left empty.
+    if (Date.now() - now.getTime() > RULES_FRESH_MS) {
+      const going = new Set(go.map((g) => g.message.id));
+      const fresh = new Set(sortDecisions(deps, eligible.filter((m) => going.has(m.id)), new Date(), refused).map((m) => m.id));
+      go = go.filter((g) => fresh.has(g.message.id));
+    }
     let claimed: store.MessageRow[] = [];
     if (go.length > 0) {
       // The claim itself: one conditional UPDATE, gates and consent repeated in its WHERE.

@@ -54,14 +54,26 @@ interface Attempt {
 
 /**
  * A claimed message that waited for its sender's rate slot is looked at once
- * more right before the carrier call: a STOP, a pause, a freeze or a closed
- * subscription that committed while it waited still stops it (G5, G6).
+ * more right before the carrier call: a STOP, a pause, a freeze, a closed
+ * subscription, a credit rollback that left debt or a country taken off the
+ * allow-list that committed while it waited still stops it (G5, G6).
  */
 async function stillMayGo(deps: SendDeps, m: store.MessageRow): Promise<{ ok: true } | { ok: false; reason: string; terminal: boolean }> {
-  const { rows } = await sql<{ consent: boolean; campaign: boolean; ended: boolean; frozen: boolean; subscription: boolean; enabled: boolean }>`
+  const { rows } = await sql<{
+    consent: boolean;
+    campaign: boolean;
+    ended: boolean;
+    frozen: boolean;
+    subscription: boolean;
+    enabled: boolean;
+    debt: boolean;
+    country: boolean;
+  }>`
     select ${CONSENT_ALLOWS} as consent,
       ${CAMPAIGN_CLAIMABLE} as campaign, ${CAMPAIGN_ENDED} as ended,
-      o.frozen_at is not null as frozen, ${SUBSCRIPTION_OK} as subscription, w.sms_enabled as enabled
+      o.frozen_at is not null as frozen, ${SUBSCRIPTION_OK} as subscription, w.sms_enabled as enabled,
+      exists (select 1 from credit_accounts a where a.organization_id = m.organization_id and a.debt > 0) as debt,
+      m.country = any(coalesce(w.allowed_countries, array[w.home_country])) as country
     from messages m join organizations o on o.id = m.organization_id join workspaces w on w.id = m.workspace_id
     where m.id = ${m.id} and m.status = 'sending' and m.attempts = ${m.attempts}`.execute(deps.db);
   const r = rows[0];
@@ -74,6 +86,8 @@ async function stillMayGo(deps: SendDeps, m: store.MessageRow): Promise<{ ok: tr
   if (r.frozen) return { ok: false, reason: 'organization_frozen', terminal: false };
   if (!r.subscription) return { ok: false, reason: 'subscription_inactive', terminal: false };
   if (!r.enabled) return { ok: false, reason: 'workspace_disabled', terminal: false };
+  if (r.debt) return { ok: false, reason: 'debt_outstanding', terminal: false };
+  if (!r.country) return { ok: false, reason: 'country_not_allowed', terminal: true };
   return { ok: true };
 }
 

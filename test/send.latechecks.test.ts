@@ -1,0 +1,91 @@
+import { createHash } from 'node:crypto';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { dispatchOrganization, sendBatch } from '../src/messaging/index.ts';
+import { bearer } from './helpers/app.ts';
+import { grantCredits, message, type Pipeline, sendViaApi, startPipeline } from './helpers/pipeline.ts';
+
+/**
+ * What changes while a claim waits — behind another claim's locks, or for
+ * its sender's rate slot — still counts when the carrier call is made: the
+ * recipient's window closing (G5), a credit rollback that leaves debt (G6).
+ */
+let p: Pipeline | undefined;
+afterEach(async () => {
+  await p?.close();
+  p = undefined;
+});
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** limits.ts's advisory lock key for an identity */
+const lockKey = (identity: string) => createHash('sha256').update(identity).digest().readBigInt64BE(0);
+
+describe('checks at the moment of sending', () => {
+  it("a claim that waited behind another claim's lock past the end of the recipient's window does not send", { timeout: 120_000 }, async () => {
+    p = await startPipeline({ senderMps: 1000, withWorker: false });
+    await grantCredits(p, 1_000);
+    // the window ends at the next minute at least 4 s away (windows are whole minutes)
+    const end = Math.ceil((Date.now() + 4_000) / 60_000) * 60_000;
+    const endDate = new Date(end);
+    const hhmm =
+      endDate.getUTCHours() === 0 && endDate.getUTCMinutes() === 0
+        ? '24:00'
+        : `${String(endDate.getUTCHours()).padStart(2, '0')}:${String(endDate.getUTCMinutes()).padStart(2, '0')}`;
+    const rules = await p.app.inject({
+      method: 'PATCH',
+      url: `/v1/workspaces/${p.tenant.workspaceId}/sending-rules`,
+      headers: bearer(p.tenant.orgKey),
+      payload: { send_windows: { transactional: { start: '00:00', end: hhmm } } },
+    });
+    expect(rules.statusCode, rules.body).toBe(200);
+    const to = '+14155559876';
+    const res = await sendViaApi(p, { to, body: 'Your order shipped', purpose: 'transactional', timezone: 'UTC' });
+    expect(res.statusCode).toBe(202);
+    const id = res.json.id as string;
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    expect((await message(p, id)).status).toBe('queued');
+
+    // 2.5 s before the window ends (its 2 s slot horizon still fits), another claim of the
+    // workspace holds the hourly-cap lock for 5 s
+    await sleep(end - 2_500 - Date.now());
+    const other = new pg.Client({ connectionString: p.tdb.url });
+    await other.connect();
+    await other.query('begin');
+    await other.query('select pg_advisory_xact_lock($1)', [String(lockKey(`hourly:${p.tenant.workspaceId}`))]);
+    const sending = sendBatch(p.sendDeps, [id]);
+    await sleep(5_000);
+    await other.query('commit');
+    await other.end();
+    await sending;
+
+    const m = await message(p, id);
+    expect(m.status).toBe('deferred');
+    expect(m.status_reason).toBe('quiet_hours');
+    expect(p.simulator.log().filter((e) => e.to === to)).toHaveLength(0);
+  });
+
+  it('an operator rollback that leaves debt stops a claimed message still waiting for its rate slot', { timeout: 60_000 }, async () => {
+    p = await startPipeline({ senderMps: 1, withWorker: false });
+    await grantCredits(p, 10);
+    const a = await sendViaApi(p, { to: '+14155551001', body: 'one' });
+    const b = await sendViaApi(p, { to: '+14155551002', body: 'two' });
+    const ids = [a.json.id as string, b.json.id as string];
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    for (const id of ids) expect((await message(p, id)).status).toBe('queued');
+
+    const sending = sendBatch(p.sendDeps, ids); // 1 a second: the second waits about 1 s for its slot
+    await sleep(300);
+    const rollback = await p.app.inject({
+      method: 'POST',
+      url: `/v1/organizations/${p.tenant.organizationId}/credits/adjustments`,
+      headers: bearer(p.op),
+      payload: { amount: -50, reason: 'chargeback rollback', idempotency_key: 'rb-1' },
+    });
+    expect(rollback.statusCode, rollback.body).toBe(201);
+    expect((rollback.json() as { balances: { debt: number } }).balances.debt).toBeGreaterThan(0);
+    await sending;
+
+    expect(p.simulator.log().map((e) => e.to)).toEqual(['+14155551001']);
+    const second = await message(p, ids[1]!);
+    expect(second).toMatchObject({ status: 'blocked', status_reason: 'debt_outstanding' });
+  });
+});
