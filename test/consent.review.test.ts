@@ -96,3 +96,36 @@ describe('HELP from a sender that cannot be texted back', () => {
     expect(rows).toEqual([{ keyword: 'HELP' }]);
   });
 });
+
+describe('numbers the workspace may not text get no system message either (a later review, 2026-11-24)', () => {
+  const PREMIUM = '+19002345678'; // US premium rate: POST /v1/messages refuses it with a 422
+  it('the double opt-in question is not sent to a premium-rate number', async () => {
+    await rules({ double_opt_in: true });
+    try {
+      const res = await p.app.inject({
+        method: 'POST',
+        url: '/v1/consents',
+        headers: bearer(p.tenant.workspaceKey),
+        payload: { phone: PREMIUM, purposes: ['marketing'], action: 'granted', source: 'checkout_form', evidence: { form: 'signup' } },
+      });
+      expect(res.statusCode, res.body).toBe(201);
+      expect(JSON.stringify(res.json())).toContain('"confirmation_message_id":null');
+      const { rows } = await sql<{ n: number }>`select count(*)::int as n from messages where to_number = ${PREMIUM}`.execute(p.tdb.db);
+      expect(rows[0]!.n).toBe(0);
+    } finally {
+      await rules({ double_opt_in: false });
+    }
+  });
+
+  it('a HELP from a premium-rate number is stored, not answered', async () => {
+    const from = '+19003456789';
+    const r = await signedPost('/webhooks/twilio/inbound', { MessageSid: 'SMconsentreviewhelp00000000000002', From: from, To: SENDER, Body: 'HELP' });
+    expect(r.status, r.body).toBe(200);
+    const { rows } = await sql<{ keyword: string | null }>`select keyword from inbound_messages where provider_sid = 'SMconsentreviewhelp00000000000002'`.execute(p.tdb.db);
+    expect(rows).toEqual([{ keyword: 'HELP' }]);
+    await new Promise((r) => setTimeout(r, 1_000));
+    const { rows: replies } = await sql<{ n: number }>`select count(*)::int as n from messages where to_number = ${from}`.execute(p.tdb.db);
+    expect(replies[0]!.n).toBe(0);
+    expect(p.simulator.log().filter((e) => e.to === from)).toHaveLength(0);
+  });
+});

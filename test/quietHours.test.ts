@@ -167,6 +167,24 @@ describe('legal limits', () => {
     expect(at('2026-06-15T20:30:00.000-04:00', FL, 'US', 'marketing', ws)).toBe('2026-06-16T09:00:00.000-04:00');
     expect(at('2026-06-15T20:30:00.000-07:00', CA, 'US', 'marketing', ws)).toBe('2026-06-15T20:30:00.000-07:00');
   });
+  it('the US territories get the TCPA window too (Puerto Rico: a workspace window of 06:00–23:00 becomes 08:00–21:00)', () => {
+    const ws = w('06:00', '23:00');
+    for (const [country, e164] of [['PR', '+17875551234'], ['VI', '+13405551234'], ['GU', '+16715551234']] as const) {
+      expect(win('marketing', country, e164, ws)).toEqual(w('08:00', '21:00'));
+    }
+    expect(at('2026-01-14T06:30:00.000-04:00', '+17875551234', 'PR', 'marketing', ws)).toBe('2026-01-14T08:00:00.000-04:00');
+  });
+  it('a US number known only by its calling code (+1: every zone from Guam to Puerto Rico) is inside its window from New York to Honolulu', () => {
+    const e164 = '+15005551234';
+    const zones = recipientZones({ contactZone: null, e164, country: 'US' });
+    expect(zones.length).toBeGreaterThan(10);
+    const p = sendPolicy({ purpose: 'marketing', country: 'US', e164 });
+    // 10:00 in New York is 07:00 in Los Angeles and 05:00 in Honolulu
+    const chosen = nextAllowedInstant(new Date('2026-01-14T10:00:00.000-05:00'), zones, p);
+    for (const zone of ['America/New_York', 'America/Chicago', 'America/Denver', 'America/Los_Angeles', 'America/Anchorage', 'Pacific/Honolulu']) {
+      expect(isAllowedAt(chosen, zone, p), `${zone} at ${chosen.toISOString()}`).toBe(true);
+    }
+  });
   it('falls back to the legal window when the workspace window lies outside it', () => {
     expect(win('marketing', 'US', CA, w('21:30', '23:00'))).toEqual(w('08:00', '21:00'));
   });
@@ -322,20 +340,21 @@ describe('property: nextAllowedInstant is the exact earliest allowed instant', (
         const answer = nextAllowedInstant(new Date(at), zones, p).getTime();
         const allowed = oracle(p);
         const inAll = (t: number) => zones.every((z) => allowed(t, z));
-        const inFirst = (t: number) => allowed(t, zones[0] as string);
         expect(answer).toBeGreaterThanOrEqual(at);
         let scope = zones;
         if (!zones.every((z) => isAllowedAt(new Date(answer), z, p))) {
-          // the fallback: only when no instant within 14 days suits every zone
+          // the fallback: only when no instant within 14 days suits every zone; then the
+          // earliest instant of the most likely zone and the others kept with it
           expect(firstAllowedOnGrid(at, at + 14 * DAY, inAll)).toBeNull();
-          scope = zones.slice(0, 1);
+          scope = zones.filter((z) => isAllowedAt(new Date(answer), z, p));
+          expect(scope[0]).toBe(zones[0]);
         }
         const isAllowed = (t: number) => scope.every((z) => isAllowedAt(new Date(t), z, p));
         expect(isAllowed(answer)).toBe(true);
         if (answer === at) return;
         expect(isAllowed(answer - 1)).toBe(false);
         for (let k = 1; k <= 7; k++) expect(isAllowed(at + Math.floor(((answer - at) * k) / 8))).toBe(false);
-        expect(firstAllowedOnGrid(at, answer, scope.length === 1 ? inFirst : inAll)).toBeNull();
+        expect(firstAllowedOnGrid(at, answer, (t) => scope.every((z) => allowed(t, z)))).toBeNull();
       }),
       { numRuns: 400 },
     );

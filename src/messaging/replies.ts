@@ -2,7 +2,8 @@ import { sql } from 'kysely';
 import type { Tx } from '../db/db.ts';
 import { newId } from '../shared/ids.ts';
 import { DISPATCH_CHANNEL } from './dispatcher.ts';
-import { organizationPriceList, priceMessage } from './intake.ts';
+import { allowedCountries, checkNumber } from '../sendrules/numberSafety.ts';
+import { organizationPriceList, priceMessage, workspaceCountries } from './intake.ts';
 import * as store from './messages.store.ts';
 import { resolveSender } from './senders.ts';
 
@@ -10,13 +11,18 @@ import { resolveSender } from './senders.ts';
  * Messages Credence sends on its own (producer `system`): the answer to
  * HELP and the double opt-in question. They answer the person's own text or
  * request, so they need no marketing consent and ignore quiet hours, but
- * they are priced, paid for and sent through the same pipeline.
+ * they are priced, paid for and sent through the same pipeline, and only to
+ * numbers the workspace may text: a premium-rate or shared-cost number (the
+ * way SMS-pumping fraud is paid), a fixed line or a country off the
+ * allow-list gets no answer (undefined), as the API would refuse it.
  */
 export async function createSystemMessage(
   trx: Tx,
   input: { organizationId: string; workspaceId: string; to: string; from?: string; body: string; dedupeKey: string },
 ): Promise<store.MessageRow | undefined> {
   const priced = priceMessage(input.to, input.body, await organizationPriceList(trx, input.organizationId));
+  const safety = checkNumber({ e164: priced.to, country: priced.country, type: priced.type }, allowedCountries(await workspaceCountries(trx, input.workspaceId)));
+  if (!safety.ok) return undefined;
   const from = input.from ?? (await resolveSender(trx, input.workspaceId));
   const [row] = await store.insertMessages(
     trx,

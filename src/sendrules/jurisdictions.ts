@@ -57,9 +57,16 @@ const FRANCE: LegalLimit = {
   noPublicHolidaysOf: 'FR',
 };
 
+/**
+ * The TCPA covers the US territories too, which libphonenumber gives their
+ * own region codes: Puerto Rico, the US Virgin Islands, Guam, American Samoa
+ * and the Northern Mariana Islands.
+ */
+const US_TERRITORIES: ReadonlySet<string> = new Set(['PR', 'VI', 'GU', 'AS', 'MP']);
+
 /** The limit the law puts on sending this purpose to this number, or null when none applies. */
 export function legalLimit(country: string, e164: string, purpose: Purpose): LegalLimit | null {
-  const limit = country === 'US' ? usLimit(e164) : country === 'FR' ? FRANCE : null;
+  const limit = country === 'US' ? usLimit(e164) : US_TERRITORIES.has(country) ? US_FEDERAL : country === 'FR' ? FRANCE : null;
   return limit !== null && limit.purposes.includes(purpose) ? limit : null;
 }
 

@@ -257,17 +257,47 @@ function nextAllowedInAll(zones: readonly IANAZone[], from: number, limit: numbe
 /**
  * The earliest instant >= at allowed in EVERY zone given (a number whose zone
  * is ambiguous must be inside its window everywhere it may be). If the zones
- * have no common allowed instant within 14 days, fall back to zones[0] alone.
- * Returns a copy of `at` (same ms) when allowed now.
+ * have no common allowed instant within 14 days (a number known only by its
+ * calling code, +1 for all of North America and its islands from Guam to
+ * Puerto Rico, with a narrow window), the most likely zone, zones[0], and as
+ * many of the others as still share a window with it, nearest clock first:
+ * for a US number of unknown area that keeps New York to Honolulu and
+ * leaves Guam out. (It was zones[0] alone: 10:00 in New York, 07:00 in Los
+ * Angeles, 05:00 in Honolulu.) Returns a copy of `at` (same ms) when allowed now.
  */
 export function nextAllowedInstant(at: Date, zones: readonly string[], policy: SendPolicy): Date {
   assertPolicy(policy);
   if (zones.length === 0) throw new RangeError('nextAllowedInstant needs at least one zone');
-  const resolved = zones.map(zoneNamed);
   const from = instant(at);
+  // Zones without a common window are a slow search (tens of ms for +1's 42 zones): the
+  // zones kept for such a set are remembered for an hour of `at`, per policy.
+  const key = zones.length > 1 ? `${zones.join(' ')}|${JSON.stringify(policy)}` : undefined;
+  const known = key === undefined ? undefined : keptZones.get(key);
+  if (known !== undefined && from >= known.from && from < known.from + KEPT_FOR_MS) {
+    const t = nextAllowedInAll(known.kept, from, from + COMMON_HORIZON_MS, policy);
+    if (t !== null) return new Date(t);
+  }
+  const resolved = zones.map(zoneNamed);
   const common = nextAllowedInAll(resolved, from, from + COMMON_HORIZON_MS, policy);
   if (common !== null) return new Date(common);
-  const alone = nextAllowedIn(resolved[0] as IANAZone, from, from + SINGLE_HORIZON_MS, policy);
-  if (alone === null) throw new Error('a valid send policy allows some instant in every month');
-  return new Date(alone);
+  const first = resolved[0] as IANAZone;
+  const offsetOf = (z: IANAZone) => z.offset(from);
+  const byNearness = resolved.slice(1).sort((a, b) => Math.abs(offsetOf(a) - offsetOf(first)) - Math.abs(offsetOf(b) - offsetOf(first)));
+  let kept: IANAZone[] = [first];
+  let best = nextAllowedIn(first, from, from + SINGLE_HORIZON_MS, policy);
+  for (const zone of byNearness) {
+    const withIt = nextAllowedInAll([...kept, zone], from, from + COMMON_HORIZON_MS, policy);
+    if (withIt === null) continue;
+    kept = [...kept, zone];
+    best = withIt;
+  }
+  if (best === null) throw new Error('a valid send policy allows some instant in every month');
+  if (key !== undefined) {
+    if (keptZones.size >= 1_000) keptZones.clear();
+    keptZones.set(key, { from, kept });
+  }
+  return new Date(best);
 }
+
+const KEPT_FOR_MS = 3_600_000;
+const keptZones = new Map<string, { from: number; kept: IANAZone[] }>();
