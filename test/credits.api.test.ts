@@ -61,6 +61,11 @@ describe('credits API', () => {
       [{ amount: 1.5, reason: 'x', idempotency_key: 'z2' }, 'amount'],
       [{ amount: 5, idempotency_key: 'z3' }, 'reason'],
       [{ amount: 5, reason: 'x' }, 'idempotency_key'],
+      // '#' and ':' name the ledger's derived and system keys: "k1#2" collided with operation "k1"'s second entry (a 500)
+      [{ amount: 5, reason: 'x', idempotency_key: 'rb-1#2' }, 'idempotency_key'],
+      [{ amount: 5, reason: 'x', idempotency_key: 'checkout:cs_1' }, 'idempotency_key'],
+      [{ amount: 1_000_000_000_001, reason: 'x', idempotency_key: 'z4' }, 'amount'],
+      [{ amount: -1_000_000_000_001, reason: 'x', idempotency_key: 'z5' }, 'amount'],
     ] as const) {
       const res = await adjust(acme.organizationId, op, body);
       expect(res.statusCode, JSON.stringify(body)).toBe(422);
@@ -69,6 +74,27 @@ describe('credits API', () => {
     expect(await credits.getCredits(tdb.db, acme.organizationId)).toEqual(before);
     const missing = await adjust('org_00000000000000000000000000', op, { amount: 5, reason: 'x', idempotency_key: 'k' });
     expect(missing.statusCode).toBe(404);
+  });
+
+  it('a grant that would take a balance past 2^53 − 1 is refused naming amount, and changes nothing', async () => {
+    const org = (await createTenant(app, op, 'Big Co')).organizationId;
+    const actor = { type: 'system' as const, id: 'test' };
+    await credits.grant(tdb.db, { organizationId: org, amount: Number.MAX_SAFE_INTEGER, idempotencyKey: 'big-1', actor });
+    const before = await credits.getCredits(tdb.db, org);
+    const err = await credits.grant(tdb.db, { organizationId: org, amount: 1, idempotencyKey: 'big-2', actor }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'validation_error', fields: [{ field: 'amount' }] });
+    expect(await credits.getCredits(tdb.db, org)).toEqual(before);
+  });
+
+  it('an hourly cap the database cannot store is a 422 naming it', async () => {
+    const res = await app.inject({
+      method: 'PATCH',
+      url: `/v1/workspaces/${acme.workspaceId}/sending-rules`,
+      headers: bearer(acme.orgKey),
+      payload: { hourly_cap: 3_000_000_000 },
+    });
+    expect(res.statusCode, res.body).toBe(422);
+    expect(JSON.stringify(res.json())).toContain('hourly_cap');
   });
 
   it("a tenant sees only its own credits and ledger", async () => {

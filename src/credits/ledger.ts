@@ -101,6 +101,10 @@ async function runOperation<R>(
     const before = store.accountToBalances(account);
     const planned = await plan(trx, account, before);
     const after = applyAll(before, planned.entries);
+    // Past 2^53 − 1 a balance is no longer an exact integer here: the request's amount is at fault.
+    if (Object.values(after).some((v) => v > Number.MAX_SAFE_INTEGER)) {
+      throw validationError('amount', `would take a balance past ${Number.MAX_SAFE_INTEGER} credits`);
+    }
     // The CHECK constraints would refuse this too; failing here names the bug.
     if (!isValid(after)) throw new Error(`ledger bug: ${spec.kind} would leave ${JSON.stringify(after)}`);
 

@@ -87,11 +87,17 @@ function csvCell(value: unknown): string {
   return /[",\n\r]/.test(safe) ? `"${safe.replaceAll('"', '""')}"` : safe;
 }
 
+/** An operator's grant or adjustment: a trillion credits at most, so balances stay exact integers. */
+const OPERATOR_AMOUNT_MAX = 1_000_000_000_000;
+
 const OperatorMoney = Type.Object(
   {
-    amount: Type.Integer({ description: 'credits; adjustments are signed' }),
+    amount: Type.Integer({ minimum: -OPERATOR_AMOUNT_MAX, maximum: OPERATOR_AMOUNT_MAX, description: 'credits; adjustments are signed' }),
     reason: Type.String({ minLength: 1, maxLength: 500 }),
-    idempotency_key: Type.String({ minLength: 1, maxLength: 200 }),
+    // Letters, digits, '_', '.', '-': the ledger derives the keys of an operation's further
+    // entries with '#' and ':', and the system's own operations are named with ':' (a key such
+    // as "k1#2" collided with the second entry of operation "k1" and was a 500).
+    idempotency_key: Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9_.-]+$', description: "letters, digits, '_', '.', '-'" }),
   },
   { additionalProperties: false },
 );
@@ -137,7 +143,7 @@ export function creditsRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           summary: 'Set the low-balance alert threshold (organization admin)',
           body: Type.Object(
             {
-              low_balance_threshold: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+              low_balance_threshold: Type.Union([Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }), Type.Null()]),
               organization_id: Type.Optional(Id('org')),
             },
             { additionalProperties: false },

@@ -30,7 +30,7 @@ const RulesPatch = Type.Object(
     ),
     send_windows: Type.Optional(perPurpose(WindowText, 'local send window per purpose; null = back to the default')),
     frequency_caps: Type.Optional(perPurpose(Cap, 'at most count sends per phone per hours; null = no cap for that purpose')),
-    hourly_cap: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0 })], { description: 'transactional + appointment sends per hour; null = none' })),
+    hourly_cap: Type.Optional(Type.Union([Type.Null(), Type.Integer({ minimum: 0, maximum: 2_147_483_647 })], { description: 'transactional + appointment sends per hour; null = none' })),
     double_opt_in: Type.Optional(Type.Boolean()),
     // Null first: with type coercion on, a null would otherwise become 0 or "".
     help_text: Type.Optional(Type.Union([Type.Null(), Type.String({ minLength: 1, maxLength: 1600 })])),
