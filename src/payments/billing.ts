@@ -208,7 +208,13 @@ export { creditsArrived };
  * price, billed from the next invoice without proration, and its metadata)
  * and in our row; the allowance follows at the next renewal.
  */
-export async function changePlan(deps: BillingDeps, organizationId: string, plan: string): Promise<{ plan: string; subscription_id: string }> {
+export async function changePlan(
+  deps: BillingDeps,
+  organizationId: string,
+  plan: string,
+  /** Runs in the transaction that records the change (the operator's audit record). */
+  recorded?: (trx: Tx, result: { plan: string; subscription_id: string }) => Promise<void>,
+): Promise<{ plan: string; subscription_id: string }> {
   const target = deps.catalog.plans.find((p) => p.id === plan && p.amount > 0);
   if (target === undefined) {
     throw validationError('plan', `must be a paid plan: ${deps.catalog.plans.filter((p) => p.amount > 0).map((p) => p.id).join(', ')}`);
@@ -217,8 +223,13 @@ export async function changePlan(deps: BillingDeps, organizationId: string, plan
   const sub = rows[0];
   if (sub === undefined) throw new DomainError('conflict', 'This organization has no subscription; it buys a plan through checkout first.');
   await deps.payments.changeSubscriptionPlan(sub.stripe_subscription_id, target);
-  await sql`update subscriptions set plan = ${plan}, updated_at = now() where organization_id = ${organizationId}`.execute(deps.db);
-  return { plan, subscription_id: sub.stripe_subscription_id };
+  const result = { plan, subscription_id: sub.stripe_subscription_id };
+  // our row and its audit record together (Stripe's own change is its webhook's to sync, should this fail)
+  await deps.db.transaction().execute(async (trx) => {
+    await sql`update subscriptions set plan = ${plan}, updated_at = now() where organization_id = ${organizationId}`.execute(trx);
+    await recorded?.(trx, result);
+  });
+  return result;
 }
 
 /** Stripe's view of a subscription, for an event about it (arrival order does not matter). */

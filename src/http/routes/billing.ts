@@ -120,16 +120,16 @@ export function billingRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         const actor = actorOf(request);
         tenancy.requireOperator(actor.principal);
         const org = await tenancy.readableOrganization(db, actor, request.params.id);
-        const result = await billing.changePlan(need(), org, request.body.plan);
-        await tenancy.recordAudit(db, actor, {
-          action: 'organization.plan_change',
-          organizationId: org,
-          targetType: 'organization',
-          targetId: org,
-          reason: request.body.reason,
-          details: result,
-        });
-        return result;
+        return billing.changePlan(need(), org, request.body.plan, (trx, result) =>
+          tenancy.recordAudit(trx, actor, {
+            action: 'organization.plan_change',
+            organizationId: org,
+            targetType: 'organization',
+            targetId: org,
+            reason: request.body.reason,
+            details: result,
+          }),
+        );
       },
     );
 
