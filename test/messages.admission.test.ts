@@ -49,9 +49,11 @@ describe('POST /v1/messages flow control', () => {
     expect(refused.json()).toMatchObject({ status: 429, reason: 'backlog_full', backlog_limit: LIMIT });
     expect(await stored()).toBe(LIMIT);
 
-    // a retry of a stored request gets its message, full or not
+    // a retry of a stored request gets its message at once, full or not
+    const replayStarted = Date.now();
     const replay = await sendViaApi(p, { to: to(0), body: 'fill 0' }, 'fill-0');
     expect(replay.statusCode).toBe(200);
+    expect(Date.now() - replayStarted).toBeLessThan(WAIT_MS / 2);
     // a send scheduled ahead is not in the backlog, and is not held
     const later = await p.app.inject({
       method: 'POST',
@@ -123,4 +125,45 @@ describe('POST /v1/messages flow control', () => {
     const { rows } = await sql<{ n: number }>`select count(*)::int as n from messages where body like 'paced %'`.execute(p.tdb.db);
     expect(rows[0]!.n).toBe(COUNT);
   });
+
+  it("messages waiting for their sender's rate slot count: a client posting faster than its sender sends is slowed to its pace", async () => {
+    await sql`update sender_numbers set mps = 1 where workspace_id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
+    /** what really waits: every API message planned and due, queued (whatever its next attempt) or sending */
+    const waiting = async () => {
+      const { rows } = await sql<{ n: number }>`select count(*)::int as n from messages
+        where organization_id = ${p.tenant.organizationId} and producer = 'api'
+          and (status in ('queued', 'sending') or (status = 'planned' and send_at <= now()))`.execute(p.tdb.db);
+      return rows[0]!.n;
+    };
+    let worst = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        worst = Math.max(worst, await waiting());
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    // one a second: the claim's 2 s slot horizon holds two, the next wait queued for their slot
+    const COUNT = 8;
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 6 }, async () => {
+        while (next < COUNT) {
+          const i = next++;
+          for (;;) {
+            const res = await sendViaApi(p, { to: to(300 + i), body: `slow ${i}` }, `slow-${i}`);
+            if (res.statusCode === 202) break;
+            expect(res.statusCode).toBe(429);
+            await new Promise((r) => setTimeout(r, 200));
+          }
+        }
+      }),
+    );
+    await eventually(async () => (p.simulator.log().filter((m) => m.body.startsWith('slow ')).length >= COUNT ? true : undefined), 30_000, 'every slow message sent');
+    sampling = false;
+    await sampler;
+    expect(new Set(p.simulator.log().filter((m) => m.body.startsWith('slow ')).map((m) => m.body)).size).toBe(COUNT);
+    expect(worst).toBeGreaterThan(0);
+    expect(worst).toBeLessThanOrEqual(LIMIT);
+  }, 60_000);
 });

@@ -346,8 +346,17 @@ describe('property: nextAllowedInstant is the exact earliest allowed instant', (
           // the fallback: only when no instant within 14 days suits every zone; then the
           // earliest instant of the most likely zone and the others kept with it
           expect(firstAllowedOnGrid(at, at + 14 * DAY, inAll)).toBeNull();
+          // the zones that must be kept, found independently: the first, then each other one,
+          // nearest clock first, that still shares an instant within 14 days with those kept
+          const offsetAt = (z: string) => DateTime.fromMillis(at, { zone: z }).offset;
+          const first = zones[0] as string;
+          const kept = [first];
+          for (const z of zones.slice(1).sort((x, y) => Math.abs(offsetAt(x) - offsetAt(first)) - Math.abs(offsetAt(y) - offsetAt(first)))) {
+            if (firstAllowedOnGrid(at, at + 14 * DAY, (t) => [...kept, z].every((k) => allowed(t, k))) !== null) kept.push(z);
+          }
           scope = zones.filter((z) => isAllowedAt(new Date(answer), z, p));
-          expect(scope[0]).toBe(zones[0]);
+          for (const z of kept) expect(scope, `kept ${kept.join(', ')}`).toContain(z);
+          scope = kept;
         }
         const isAllowed = (t: number) => scope.every((z) => isAllowedAt(new Date(t), z, p));
         expect(isAllowed(answer)).toBe(true);

@@ -123,6 +123,35 @@ describe('reconciliation by number and body, with identical siblings', () => {
     expect(p.simulator.log()).toHaveLength(1);
   }, 60_000);
 
+  it('ambiguous messages go to the back of the next runs, so they do not hold the places of the others', async () => {
+    p = await startPipeline({
+      withWorker: false,
+      faults: { hangAfterAccept: 1 },
+      timeoutMs: 2_000,
+      callbackDelayMs: { sent: [600_000, 600_000], final: [600_000, 600_000] },
+    });
+    const pipe = p;
+    await grantCredits(p, 10);
+    const a = (await sendViaApi(p, { to: TO, body: BODY })).json.id as string;
+    const b = (await sendViaApi(p, { to: TO, body: BODY })).json.id as string;
+    const c = (await sendViaApi(p, { to: '+14155559001', body: 'Your order shipped' })).json.id as string;
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    expect(await claim(p.sendDeps, [a])).toHaveLength(1);
+    await sql`update messages set claimed_at = now() - interval '3 minutes', lease_until = now() - interval '1 second' where id = ${a}`.execute(p.tdb.db);
+    await Promise.all([sendBatch(p.sendDeps, [b]), sendBatch(p.sendDeps, [c])]);
+    await eventually(async () => (pipe.simulator.log().length === 2 ? true : undefined), 5_000, 'B and C at the carrier');
+    await reconcile(p.sendDeps, 1); // A: ambiguous, and unknown now
+    // A and B (ambiguous) are older than C: first in a run's order
+    await sql`update messages set claimed_at = now() - interval '3 minutes', updated_at = now() - interval '2 minutes' where id = any(${[a, b]}::text[])`.execute(p.tdb.db);
+    await sql`update messages set claimed_at = now() - interval '1 minute', updated_at = now() - interval '1 minute' where id = ${c}`.execute(p.tdb.db);
+    // runs of two places: the first looks at A and B, and learns nothing; the next must get to C
+    await reconcile(p.sendDeps, 2);
+    await reconcile(p.sendDeps, 2);
+    expect((await message(p, c)).status).toBe('sent');
+    expect([(await message(p, a)).status, (await message(p, b)).status]).toEqual(['unknown', 'unknown']);
+    expect(p.simulator.log()).toHaveLength(2);
+  }, 60_000);
+
   it("a callback whose carrier id another message holds leaves the rest of its batch applied", async () => {
     p = await startPipeline({ withWorker: false, callbackDelayMs: { sent: [600_000, 600_000], final: [600_000, 600_000] } });
     await grantCredits(p, 20);

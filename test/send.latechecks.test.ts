@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { sql } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { dispatchOrganization, sendBatch } from '../src/messaging/index.ts';
@@ -61,6 +62,48 @@ describe('checks at the moment of sending', () => {
     expect(m.status).toBe('deferred');
     expect(m.status_reason).toBe('quiet_hours');
     expect(p.simulator.log().filter((e) => e.to === to)).toHaveLength(0);
+  });
+
+  it("a claim whose commit waited for the account row past the end of the recipient's window does not send", { timeout: 120_000 }, async () => {
+    p = await startPipeline({ senderMps: 1000, withWorker: false });
+    const pipe = p;
+    await grantCredits(p, 1_000);
+    const end = Math.ceil((Date.now() + 4_000) / 60_000) * 60_000;
+    const d = new Date(end);
+    const hhmm =
+      d.getUTCHours() === 0 && d.getUTCMinutes() === 0 ? '24:00' : `${String(d.getUTCHours()).padStart(2, '0')}:${String(d.getUTCMinutes()).padStart(2, '0')}`;
+    const rules = await p.app.inject({
+      method: 'PATCH',
+      url: `/v1/workspaces/${p.tenant.workspaceId}/sending-rules`,
+      headers: bearer(p.tenant.orgKey),
+      payload: { send_windows: { transactional: { start: '00:00', end: hhmm } } },
+    });
+    expect(rules.statusCode, rules.body).toBe(200);
+    // B (Canada) is queued, then Canada leaves the allow-list: the claim refuses B, and refusing
+    // takes the account row (its credits back) last, after the claim's decisions
+    await sql`update workspaces set allowed_countries = array['US','CA'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
+    const a = await sendViaApi(p, { to: '+14155559876', body: 'A', timezone: 'UTC' });
+    const b = await sendViaApi(p, { to: '+16045550123', body: 'B', timezone: 'UTC' });
+    const ids = [a.json.id as string, b.json.id as string];
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    for (const id of ids) expect((await message(p, id)).status).toBe('queued');
+    await sql`update workspaces set allowed_countries = array['US'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
+    await sleep(end - 2_500 - Date.now());
+    const other = new pg.Client({ connectionString: p.tdb.url });
+    await other.connect();
+    await other.query('begin');
+    await other.query('select 1 from credit_accounts where organization_id = $1 for update', [p.tenant.organizationId]);
+    const sending = sendBatch(p.sendDeps, ids);
+    await sleep(5_000);
+    await other.query('commit');
+    await other.end();
+    await sending;
+    expect(pipe.simulator.log().filter((e) => e.to === '+14155559876')).toHaveLength(0);
+    // sent back to be claimed anew, its attempt given back; the next claim defers it to the window's opening
+    const back = await message(p, ids[0]!);
+    expect(back).toMatchObject({ status: 'queued', status_reason: 'decision_expired', attempts: 0 });
+    await sendBatch(p.sendDeps, [ids[0]!]);
+    expect(await message(p, ids[0]!)).toMatchObject({ status: 'deferred', status_reason: 'quiet_hours' });
   });
 
   it('an operator rollback that leaves debt stops a claimed message still waiting for its rate slot', { timeout: 60_000 }, async () => {

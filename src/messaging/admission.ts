@@ -19,8 +19,10 @@ import { DomainError } from '../shared/errors.ts';
  * latency of what is accepted stays that of the pipeline, and a client
  * that posts faster than its messages go out is slowed to their pace.
  *
- * Not counted: scheduled messages (send_at ahead), retries waiting for
- * their backoff, messages waiting for a sender's rate slot or quiet hours,
+ * Counted: messages waiting for their sender's rate slot (a 1-a-second
+ * long code is the usual reason a backlog grows) and retries waiting for
+ * a carrier that is not taking them. Not counted: scheduled messages
+ * (send_at ahead), messages deferred to quiet hours or an hourly cap,
  * blocked ones (credits), and other producers' messages (a campaign paces
  * itself and never holds the API back).
  *
@@ -177,13 +179,18 @@ export function createAdmission(count: BacklogCounter, options: AdmissionOptions
   };
 }
 
-/** The organization's API backlog, counted up to `limit` through `messages_api_backlog`. */
+/**
+ * The organization's API backlog, counted up to `limit` through
+ * `messages_api_backlog`: planned and due, queued (whatever its next
+ * attempt: waiting for its sender's rate slot is the most common backlog of
+ * all, and a retry waits for a carrier that is not taking it), or sending.
+ */
 export async function countApiBacklog(db: DbOrTx, organizationId: string, limit: number): Promise<number> {
   const { rows } = await sql<{ n: number }>`
     select count(*)::int as n from (
       select 1 from messages
       where organization_id = ${organizationId} and producer = 'api' and status in ('planned', 'queued', 'sending')
-        and coalesce(next_attempt_at, send_at) <= now()
+        and (status <> 'planned' or coalesce(next_attempt_at, send_at) <= now())
       limit ${limit}) backlog`.execute(db);
   return rows[0]?.n ?? 0;
 }

@@ -25,6 +25,10 @@ export interface Claimed {
   message: store.MessageRow;
   /** When its sender's rate allows it to go (epoch ms). */
   notBefore: number;
+  /** Until when the claim's decision holds (its clock plus the slot horizon, epoch ms). */
+  decidedUntil: number;
+  /** The send rules again, at another instant (for a call made after `decidedUntil`): may it go then? */
+  mayGoAt(at: Date): boolean;
 }
 
 /**
@@ -45,7 +49,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     // consent included, and refused with its reason.
     const rows = await lockQueued(trx, ids, { consent: false });
     if (rows.length < ids.length) await requeueHeld(trx, ids, rows);
-    const now = new Date();
+    let now = new Date();
     const refused: Refusals = { block: [], skip: [], defer: [] };
     const passed = sortDecisions(deps, rows, now, refused);
     const limits = await applyLimits(trx, passed, now);
@@ -61,7 +65,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
       const k = `${m.workspace_id}\u0000${m.from_number}`;
       bySender.set(k, [...(bySender.get(k) ?? []), m]);
     }
-    let go: Claimed[] = [];
+    let go: { message: ClaimRow; notBefore: number }[] = [];
     const later: { ids: string[]; at: number }[] = [];
     for (const key of [...bySender.keys()].sort()) {
       const group = bySender.get(key)!;
@@ -83,8 +87,9 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     // message claimed just before its window closed went after it). A slot
     // taken for one refused now is left empty.
     if (Date.now() - now.getTime() > RULES_FRESH_MS) {
+      now = new Date();
       const going = new Set(go.map((g) => g.message.id));
-      const fresh = new Set(sortDecisions(deps, eligible.filter((m) => going.has(m.id)), new Date(), refused).map((m) => m.id));
+      const fresh = new Set(sortDecisions(deps, eligible.filter((m) => going.has(m.id)), now, refused).map((m) => m.id));
       go = go.filter((g) => fresh.has(g.message.id));
     }
     let claimed: store.MessageRow[] = [];
@@ -130,7 +135,17 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     // Last, so the account lock is the final lock this transaction takes.
     await refuse(trx, refused);
     const byId = new Map(go.map((g) => [g.message.id, g.notBefore]));
-    return claimed.map((m) => ({ message: m, notBefore: byId.get(m.id) ?? Date.now() }));
+    const rulesOf = new Map(eligible.map((m) => [m.id, m]));
+    const decidedUntil = now.getTime() + (deps.slotHorizonMs ?? 2_000);
+    return claimed.map((m) => {
+      const row = rulesOf.get(m.id)!;
+      return {
+        message: m,
+        notBefore: byId.get(m.id) ?? Date.now(),
+        decidedUntil,
+        mayGoAt: (at: Date) => decide(row, { organizationFrozen: row.frozen, workspaceSmsEnabled: row.sms_enabled, debt: row.debt }, at).action === 'go',
+      };
+    });
   });
 }
 

@@ -260,6 +260,11 @@ export async function createApiMessage(
     // dispatchers are woken after commit, coalesced with other requests.
     let stored: () => void = () => undefined;
     if (immediate.admit !== undefined) {
+      // a retry of a request already stored is answered at once, not held with new ones
+      if (idempotencyKey !== undefined) {
+        const existing = await store.findByDedupeKey(db, scope.workspaceId, dedupeKey);
+        if (existing !== undefined) return replay(existing, hash);
+      }
       try {
         stored = await immediate.admit(scope.organizationId);
       } catch (err) {

@@ -49,7 +49,12 @@ export function statusCallbackUrl(publicUrl: string, messageId: string): string 
 
 interface Attempt {
   message: store.MessageRow;
-  outcome: SendOutcome | { outcome: 'circuit_open'; retryAt: number } | { outcome: 'withdrawn'; reason: string; terminal: boolean };
+  outcome:
+    | SendOutcome
+    | { outcome: 'circuit_open'; retryAt: number }
+    | { outcome: 'withdrawn'; reason: string; terminal: boolean }
+    /** not called, and back to queued at once: the claim decides again (its attempt given back) */
+    | { outcome: 'decide_again'; reason: string };
 }
 
 /**
@@ -142,6 +147,12 @@ async function attemptOne(deps: SendDeps, c: Claimed): Promise<Attempt> {
     }
     if (!check.ok) return { message: c.message, outcome: { outcome: 'withdrawn', reason: check.reason, terminal: check.terminal } };
   }
+  // The claim's decision looked at the recipient's window up to its slot horizon. A call
+  // later than that (the claim's commit waited for a lock) looks again: a window that has
+  // closed since sends it back to be claimed, and deferred, anew (G5).
+  if (Date.now() > c.decidedUntil && !c.mayGoAt(new Date())) {
+    return { message: c.message, outcome: { outcome: 'decide_again', reason: 'decision_expired' } };
+  }
   const account = deps.carrier.accountId;
   const gate = breakerAllows(deps.breakers.get(account) ?? CLOSED, Date.now());
   deps.breakers.set(account, gate.next);
@@ -228,20 +239,24 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
         });
         break;
       case 'circuit_open':
-        // Not attempted: try again when the breaker lets a probe through. The attempt is given back:
-        // counted, an outage of a minute or so used up a message's five tries without one carrier call.
+      case 'decide_again': {
+        // Not attempted: try again when the breaker lets a probe through (or at once, for the
+        // claim to decide again). The attempt is given back: counted, an outage of a minute or
+        // so used up a message's five tries without one carrier call.
+        const at = o.outcome === 'circuit_open' ? o.retryAt : Date.now();
         retry.push({
           id: m.id,
-          at: o.retryAt,
+          at,
           patch: {
-            reason: 'circuit_open',
-            next_attempt_at: new Date(o.retryAt).toISOString(),
+            reason: o.outcome === 'circuit_open' ? 'circuit_open' : o.reason,
+            next_attempt_at: new Date(at).toISOString(),
             lease_until: null,
             expect_attempts: m.attempts,
             uncount_attempt: true,
           },
         });
         break;
+      }
       case 'unknown':
         unknown.push({ id: m.id, patch: { reason: 'no_answer', expect_attempts: m.attempts, details: { attempt: m.attempts, reason: o.reason } } });
         break;

@@ -289,6 +289,12 @@ async function reconcileOne(deps: SendDeps, m: store.MessageRow, report: Reconci
       await store.applyEvent(trx, 'no_answer', [{ id: m.id, patch: { reason: 'lease_expired', details: { source: 'reconciliation' } } }]);
       return;
     }
+    if (ambiguous && m.status === 'unknown' && age < (deps.horizonMs ?? RECONCILIATION_HORIZON_MS)) {
+      // looked at, nothing learned: to the back of the next runs' order, or a few hundred
+      // ambiguous messages would take every run's places until the horizon
+      await sql`update messages set updated_at = now() where id = ${m.id} and status = 'unknown'`.execute(trx);
+      return;
+    }
     if (m.status === 'unknown' && age >= (deps.horizonMs ?? RECONCILIATION_HORIZON_MS)) {
       const moved = await store.applyEvent(trx, 'outcome_unknown', [
         { id: m.id, patch: { reason: 'outcome_unknown', details: { source: 'reconciliation', note: 'captured: the carrier may have billed it; never resent' } } },
