@@ -32,18 +32,22 @@ async function claimedAndInFlight(pipe: Pipeline, a: string, b: string) {
   return { bSend, sidB: pipe.simulator.log()[0]!.sid };
 }
 
+/** A pipeline with no worker whose carrier takes each message and never answers, and sends no callbacks. */
+const startHangingCarrier = () =>
+  startPipeline({
+    withWorker: false,
+    faults: { hangAfterAccept: 1 },
+    timeoutMs: 2_000,
+    callbackDelayMs: { sent: [600_000, 600_000], final: [600_000, 600_000] },
+  });
+
 /** Both look old enough for every step of reconciliation. */
 const age = (pipe: Pipeline, ids: string[]) =>
   sql`update messages set claimed_at = now() - interval '1 minute', updated_at = now() - interval '1 minute' where id = any(${ids}::text[])`.execute(pipe.tdb.db);
 
 describe('reconciliation by number and body, with identical siblings', () => {
   it("a message that never left does not take an in-flight sibling's copy; ambiguity is never resent; the callback settles it", async () => {
-    p = await startPipeline({
-      withWorker: false,
-      faults: { hangAfterAccept: 1 },
-      timeoutMs: 2_000,
-      callbackDelayMs: { sent: [600_000, 600_000], final: [600_000, 600_000] },
-    });
+    p = await startHangingCarrier();
     await grantCredits(p, 10);
     const a = (await sendViaApi(p, { to: TO, body: BODY })).json.id as string;
     const b = (await sendViaApi(p, { to: TO, body: BODY })).json.id as string;
@@ -89,12 +93,7 @@ describe('reconciliation by number and body, with identical siblings', () => {
   }, 60_000);
 
   it("another organization's message with the same alphanumeric sender is not taken either", async () => {
-    p = await startPipeline({
-      withWorker: false,
-      faults: { hangAfterAccept: 1 },
-      timeoutMs: 2_000,
-      callbackDelayMs: { sent: [600_000, 600_000], final: [600_000, 600_000] },
-    });
+    p = await startHangingCarrier();
     const pipe = p;
     const send = async (name: string) => {
       const t = await createTenant(pipe.app, pipe.op, name);
@@ -124,12 +123,7 @@ describe('reconciliation by number and body, with identical siblings', () => {
   }, 60_000);
 
   it('ambiguous messages go to the back of the next runs, so they do not hold the places of the others', async () => {
-    p = await startPipeline({
-      withWorker: false,
-      faults: { hangAfterAccept: 1 },
-      timeoutMs: 2_000,
-      callbackDelayMs: { sent: [600_000, 600_000], final: [600_000, 600_000] },
-    });
+    p = await startHangingCarrier();
     const pipe = p;
     await grantCredits(p, 10);
     const a = (await sendViaApi(p, { to: TO, body: BODY })).json.id as string;

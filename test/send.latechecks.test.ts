@@ -20,24 +20,30 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** limits.ts's advisory lock key for an identity */
 const lockKey = (identity: string) => createHash('sha256').update(identity).digest().readBigInt64BE(0);
 
+/**
+ * The workspace's transactional window (UTC recipients) ends at the next whole minute at
+ * least 4 s away (windows are whole minutes); returns that instant.
+ */
+async function transactionalWindowEndingSoon(pipe: Pipeline): Promise<number> {
+  const end = Math.ceil((Date.now() + 4_000) / 60_000) * 60_000;
+  const d = new Date(end);
+  const hhmm =
+    d.getUTCHours() === 0 && d.getUTCMinutes() === 0 ? '24:00' : `${String(d.getUTCHours()).padStart(2, '0')}:${String(d.getUTCMinutes()).padStart(2, '0')}`;
+  const rules = await pipe.app.inject({
+    method: 'PATCH',
+    url: `/v1/workspaces/${pipe.tenant.workspaceId}/sending-rules`,
+    headers: bearer(pipe.tenant.orgKey),
+    payload: { send_windows: { transactional: { start: '00:00', end: hhmm } } },
+  });
+  expect(rules.statusCode, rules.body).toBe(200);
+  return end;
+}
+
 describe('checks at the moment of sending', () => {
   it("a claim that waited behind another claim's lock past the end of the recipient's window does not send", { timeout: 120_000 }, async () => {
     p = await startPipeline({ senderMps: 1000, withWorker: false });
     await grantCredits(p, 1_000);
-    // the window ends at the next minute at least 4 s away (windows are whole minutes)
-    const end = Math.ceil((Date.now() + 4_000) / 60_000) * 60_000;
-    const endDate = new Date(end);
-    const hhmm =
-      endDate.getUTCHours() === 0 && endDate.getUTCMinutes() === 0
-        ? '24:00'
-        : `${String(endDate.getUTCHours()).padStart(2, '0')}:${String(endDate.getUTCMinutes()).padStart(2, '0')}`;
-    const rules = await p.app.inject({
-      method: 'PATCH',
-      url: `/v1/workspaces/${p.tenant.workspaceId}/sending-rules`,
-      headers: bearer(p.tenant.orgKey),
-      payload: { send_windows: { transactional: { start: '00:00', end: hhmm } } },
-    });
-    expect(rules.statusCode, rules.body).toBe(200);
+    const end = await transactionalWindowEndingSoon(p);
     const to = '+14155559876';
     const res = await sendViaApi(p, { to, body: 'Your order shipped', purpose: 'transactional', timezone: 'UTC' });
     expect(res.statusCode).toBe(202);
@@ -68,17 +74,7 @@ describe('checks at the moment of sending', () => {
     p = await startPipeline({ senderMps: 1000, withWorker: false });
     const pipe = p;
     await grantCredits(p, 1_000);
-    const end = Math.ceil((Date.now() + 4_000) / 60_000) * 60_000;
-    const d = new Date(end);
-    const hhmm =
-      d.getUTCHours() === 0 && d.getUTCMinutes() === 0 ? '24:00' : `${String(d.getUTCHours()).padStart(2, '0')}:${String(d.getUTCMinutes()).padStart(2, '0')}`;
-    const rules = await p.app.inject({
-      method: 'PATCH',
-      url: `/v1/workspaces/${p.tenant.workspaceId}/sending-rules`,
-      headers: bearer(p.tenant.orgKey),
-      payload: { send_windows: { transactional: { start: '00:00', end: hhmm } } },
-    });
-    expect(rules.statusCode, rules.body).toBe(200);
+    const end = await transactionalWindowEndingSoon(p);
     // B (Canada) is queued, then Canada leaves the allow-list: the claim refuses B, and refusing
     // takes the account row (its credits back) last, after the claim's decisions
     await sql`update workspaces set allowed_countries = array['US','CA'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
