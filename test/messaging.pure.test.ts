@@ -109,7 +109,10 @@ describe('the message state machine, exhaustively', () => {
     expect(eventForCarrierStatus('delivered')).toBe('carrier_delivered');
     expect(eventForCarrierStatus('undelivered')).toBe('carrier_undelivered');
     expect(eventForCarrierStatus('failed')).toBe('carrier_undelivered');
+    expect(eventForCarrierStatus('partially_delivered')).toBe('carrier_delivered');
+    expect(eventForCarrierStatus('canceled')).toBe('carrier_undelivered');
     expect(eventForCarrierStatus('receiving')).toBeUndefined();
+    expect(eventForCarrierStatus('received')).toBeUndefined();
   });
 });
 

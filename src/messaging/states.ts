@@ -87,10 +87,13 @@ export function eventForCarrierStatus(status: string): MessageEvent | undefined 
       return 'carrier_sent';
     case 'delivered':
     case 'read':
+    case 'partially_delivered': // some parts of a multi-part message reached the handset
       return 'carrier_delivered';
     case 'undelivered':
     case 'failed':
+    case 'canceled': // a message scheduled at the carrier and cancelled there: it never went out
       return 'carrier_undelivered';
+    // receiving / received are inbound statuses: no outbound message of ours has them
     default:
       return undefined;
   }
