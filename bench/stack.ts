@@ -54,9 +54,9 @@ export async function startBenchStack(home: string, databaseUrl: string, credits
     TWILIO_AUTH_TOKEN: account.authToken,
     TWILIO_API_URL: simUrl,
     PORT: String(apiPort),
-    // the defaults, written out: what the figures were measured with
+    // the defaults, written out: what the figures were measured with (WORKER_CONCURRENCY may be set to compare)
     DB_POOL_SIZE: '20',
-    WORKER_CONCURRENCY: '8',
+    WORKER_CONCURRENCY: process.env.WORKER_CONCURRENCY ?? '8',
   };
   const api = spawnCredence(['api'], env);
   const [, opKey] = await api.waitFor(/Bootstrap operator API key[^\n]*\n\s+(crd_op_\S+)/);
