@@ -72,7 +72,7 @@ export async function campaignInScope(
   return c;
 }
 
-const conflict = (c: CampaignRow, action: string) => new DomainError('conflict', `A ${c.status} campaign cannot be ${action}.`, { extra: { status: c.status } });
+const conflict = (c: CampaignRow, action: string) => new DomainError('conflict', `A ${c.status} campaign cannot be ${action}.`, { extra: { campaign_status: c.status } });
 
 /** Snapshot the audience into numbered recipients and start advancing (in the caller's transaction, campaign row locked). */
 async function begin(trx: Tx, c: CampaignRow, actor: string): Promise<CampaignRow> {

@@ -1,6 +1,7 @@
 import { type RawBuilder, sql } from 'kysely';
 import type { DbOrTx } from '../db/db.ts';
 import { notFound, validationError } from '../shared/errors.ts';
+import { isCountryCode } from '../shared/phone.ts';
 
 /**
  * A campaign's audience: a static list or a segment (a filter over the
@@ -20,7 +21,7 @@ export interface SegmentFilter {
 
 export function validateSegmentFilter(filter: SegmentFilter): SegmentFilter {
   for (const [i, c] of (filter.countries ?? []).entries()) {
-    if (!/^[A-Z]{2}$/.test(c)) throw validationError(`filter.countries.${i}`, 'must be an ISO 3166-1 alpha-2 code');
+    if (!isCountryCode(c)) throw validationError(`filter.countries.${i}`, 'must be an ISO 3166-1 alpha-2 code of a country with a numbering plan');
   }
   for (const [key, values] of Object.entries(filter.attributes ?? {})) {
     if (!Array.isArray(values) || values.length === 0) throw validationError(`filter.attributes.${key}`, 'must be a non-empty array of accepted values');

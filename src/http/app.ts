@@ -1,16 +1,17 @@
 import { randomBytes } from 'node:crypto';
+import { AjvCompiler } from '@fastify/ajv-compiler';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import addFormats from 'ajv-formats';
-import Fastify from 'fastify';
+import Fastify, { type FastifySchemaCompiler } from 'fastify';
 import type pg from 'pg';
 import type { Carrier } from '../carriers/carrier.ts';
 import type { Config } from '../config.ts';
 import type { Db } from '../db/db.ts';
 import type { Logger } from '../shared/logger.ts';
 import { authHook } from './auth.ts';
-import { errorHandler, nulField, sendProblem } from './problem.ts';
+import { errorHandler, sendProblem, unstorableField } from './problem.ts';
 import { creditsRoutes } from './routes/credits.ts';
 import { healthRoutes } from './routes/health.ts';
 import { messageRoutes } from './routes/messages.ts';
@@ -43,6 +44,27 @@ export interface AppDeps {
   billing?: BillingDeps;
 }
 
+/**
+ * Query strings, path parameters and headers arrive as text: their values
+ * are converted to the schema's types (`?limit=5`, `?status=sent` as a
+ * one-item array). A JSON body has types of its own, and converting them
+ * changed what a client said: `0` or `false` became `null` in a nullable
+ * field (an hourly cap of 0 stored as no cap), `true` became the amount 1,
+ * `12` the text "12". Bodies are validated as they are, and a wrong type is
+ * a 422 naming the field.
+ */
+const buildAjvValidator = AjvCompiler();
+type Compile = FastifySchemaCompiler<unknown>;
+const strictBodies: typeof buildAjvValidator = (externalSchemas, options) => {
+  // the package's types say a compiler takes a schema; Fastify passes the route's definition
+  const converting = buildAjvValidator(externalSchemas, options) as unknown as Compile;
+  // our options are Ajv's (never JTD's): only their coerceTypes changes
+  const exactOptions = { ...options, customOptions: { ...(options?.customOptions as object), coerceTypes: false } } as typeof options;
+  const exact = buildAjvValidator(externalSchemas, exactOptions) as unknown as Compile;
+  const select: Compile = (route) => (route.httpPart === 'body' ? exact : converting)(route);
+  return select as unknown as ReturnType<typeof buildAjvValidator>;
+};
+
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
 // Our own request ids: a random stem per process and a counter (a random id
 // per request cost a CSPRNG call on every status callback).
@@ -60,6 +82,7 @@ export async function buildApp(deps: AppDeps) {
         : `req_${requestIdStem}${(++requestCount).toString(36)}`;
     },
     bodyLimit: 1024 * 1024,
+    schemaController: { compilersFactory: { buildValidator: strictBodies } },
     ajv: {
       customOptions: {
         allErrors: true,
@@ -81,11 +104,11 @@ export async function buildApp(deps: AppDeps) {
   // Before any route's own validation: a value PostgreSQL could not store is a 422, whichever route.
   app.addHook('preValidation', async (request, reply) => {
     for (const [where, part] of [['body', request.body], ['querystring', request.query], ['params', request.params]] as const) {
-      const field = nulField(part);
-      if (field !== undefined) {
+      const found = unstorableField(part);
+      if (found !== undefined) {
         return sendProblem(reply, request, 'validation_error', {
-          detail: `${field}: contains a NUL character (U+0000), which cannot be stored`,
-          fields: [{ field, in: where, reason: 'contains a NUL character (U+0000), which cannot be stored' }],
+          detail: `${found.field}: ${found.reason}`,
+          fields: [{ field: found.field, in: where, reason: found.reason }],
         });
       }
     }

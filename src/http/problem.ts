@@ -20,7 +20,9 @@ export function sendProblem(
   options: ProblemOptions = {},
 ): FastifyReply {
   const status = options.status ?? ERROR_CODES[code].status;
+  // a DomainError's own members first: the standard ones (status above all) are never overwritten
   const body: Record<string, unknown> = {
+    ...options.extra,
     type: problemType(code),
     title: ERROR_CODES[code].title,
     status,
@@ -28,7 +30,6 @@ export function sendProblem(
     instance: request.url,
     request_id: request.id,
     ...(options.fields !== undefined && { errors: options.fields }),
-    ...options.extra,
   };
   return reply.code(status).type('application/problem+json').send(body);
 }
@@ -98,32 +99,55 @@ export function errorHandler(
   });
 }
 
+/** A string PostgreSQL's text or jsonb cannot hold as it is, and why; undefined if none. */
+function unstorableText(s: string): string | undefined {
+  if (s.includes('\u0000')) return 'contains a NUL character (U+0000), which cannot be stored';
+  // a UTF-16 half without its other half: jsonb refuses it (a 500), text turns it into U+FFFD (changed silently)
+  if (LONE_SURROGATE.test(s)) return 'contains a lone UTF-16 surrogate (not a Unicode character), which cannot be stored';
+  return undefined;
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+/** Deeper than any value of ours needs; a deeper one overflowed the stack of the checks and of JSON.stringify (a 500). */
+export const MAX_NESTING = 32;
+
 /**
- * The first string, or object key, holding U+0000 in a parsed request part
- * (JSON body, query, path parameters), as a field path; undefined if none.
- * PostgreSQL's text and jsonb cannot hold that character: without this
- * check such a value reached the database and came back as a 500 (or, in a
- * batch of intakes, failed the requests it shared a statement with).
- * Buffers and other non-plain values (a raw webhook body) are not walked.
+ * The first value in a parsed request part (JSON body, query, path
+ * parameters) that could not be stored as it is, as a field path and a
+ * reason; undefined if none. A string or object key holding U+0000 or a lone
+ * UTF-16 surrogate (PostgreSQL refused those with a 500, or in a batch of
+ * intakes failed the requests it shared a statement with, or replaced them
+ * silently), or arrays and objects nested deeper than MAX_NESTING. Walked
+ * without recursion, in document order. Buffers and other non-plain values
+ * (a raw webhook body) are not walked.
  */
-export function nulField(value: unknown, path = ''): string | undefined {
-  const at = (key: string) => (path === '' ? key : `${path}.${key}`);
-  if (typeof value === 'string') return value.includes('\u0000') ? (path === '' ? '(root)' : path) : undefined;
-  if (Array.isArray(value)) {
-    for (const [i, v] of value.entries()) {
-      const found = nulField(v, at(String(i)));
-      if (found !== undefined) return found;
+export function unstorableField(value: unknown): { field: string; reason: string } | undefined {
+  const stack: { value: unknown; path: string; depth: number }[] = [{ value, path: '', depth: 0 }];
+  const named = (path: string) => (path === '' ? '(root)' : path);
+  while (stack.length > 0) {
+    const { value: v, path, depth } = stack.pop()!;
+    const at = (key: string) => (path === '' ? key : `${path}.${key}`);
+    if (typeof v === 'string') {
+      const reason = unstorableText(v);
+      if (reason !== undefined) return { field: named(path), reason };
+      continue;
     }
-    return undefined;
-  }
-  if (typeof value !== 'object' || value === null) return undefined;
-  // plain objects only: a JSON body (Object.prototype), a parsed query (a prototype-less prototype)
-  const proto: unknown = Object.getPrototypeOf(value);
-  if (proto !== null && Object.getPrototypeOf(proto) !== null) return undefined;
-  for (const [k, v] of Object.entries(value)) {
-    if (k.includes('\u0000')) return at(JSON.stringify(k).slice(1, -1));
-    const found = nulField(v, at(k));
-    if (found !== undefined) return found;
+    if (typeof v !== 'object' || v === null) continue;
+    const entries: [string, unknown][] = [];
+    if (Array.isArray(v)) {
+      for (const [i, item] of v.entries()) entries.push([String(i), item]);
+    } else {
+      // plain objects only: a JSON body (Object.prototype), a parsed query (a prototype-less prototype)
+      const proto: unknown = Object.getPrototypeOf(v);
+      if (proto !== null && Object.getPrototypeOf(proto) !== null) continue;
+      for (const [k, item] of Object.entries(v)) {
+        const reason = unstorableText(k);
+        if (reason !== undefined) return { field: at(JSON.stringify(k).slice(1, -1)), reason: `its name ${reason}` };
+        entries.push([k, item]);
+      }
+    }
+    if (entries.length > 0 && depth >= MAX_NESTING) return { field: named(path), reason: `is nested deeper than ${MAX_NESTING} levels` };
+    for (let i = entries.length - 1; i >= 0; i--) stack.push({ value: entries[i]![1], path: at(entries[i]![0]), depth: depth + 1 });
   }
   return undefined;
 }

@@ -1,4 +1,5 @@
 import { validationError } from '../shared/errors.ts';
+import { isCountryCode } from '../shared/phone.ts';
 import { type CapPurpose, DEFAULT_FREQUENCY_CAPS, DEFAULT_HOURLY_CAP, effectiveFrequencyCaps, type FrequencyCap } from './caps.ts';
 import { DEFAULT_WINDOWS, formatWindow, parseWindow, type Purpose } from './quietHours.ts';
 
@@ -47,7 +48,7 @@ export function validateRulesPatch(patch: SendingRulesPatch): SendingRulesPatch 
   if (patch.allowed_countries !== undefined && patch.allowed_countries !== null) {
     const seen = new Set<string>();
     patch.allowed_countries.forEach((c, i) => {
-      if (!/^[A-Z]{2}$/.test(c)) throw validationError(`allowed_countries.${i}`, 'must be an ISO 3166-1 alpha-2 code such as US');
+      if (!isCountryCode(c)) throw validationError(`allowed_countries.${i}`, 'must be an ISO 3166-1 alpha-2 code of a country with a numbering plan, such as US');
       seen.add(c);
     });
     if (seen.size === 0) throw validationError('allowed_countries', 'must list at least one country (or be null for the home country)');

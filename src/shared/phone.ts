@@ -1,4 +1,4 @@
-import { parsePhoneNumberFromString } from 'libphonenumber-js/max';
+import { isSupportedCountry, parsePhoneNumberFromString } from 'libphonenumber-js/max';
 
 /**
  * Phone numbers (pure): validated and normalised to E.164 with
@@ -39,4 +39,9 @@ export function parsePhone(input: string, defaultCountry?: string): ParsedPhone 
   const country = parsed.country;
   if (country === undefined) return fail('has no country', parsed.number);
   return { ok: true, e164: parsed.number, country, type: (parsed.getType() ?? 'UNKNOWN') as NumberType };
+}
+
+/** A two-letter country code with a numbering plan (ISO 3166-1 alpha-2, as libphonenumber knows them): ZZ is not one. */
+export function isCountryCode(code: string): boolean {
+  return /^[A-Z]{2}$/.test(code) && isSupportedCountry(code);
 }

@@ -4,6 +4,7 @@ import type { Db, DbOrTx } from '../db/db.ts';
 import type { ApiKeyScope } from '../db/schema.ts';
 import { DomainError, notFound, validationError } from '../shared/errors.ts';
 import { type Page, type PageRequest, toPage } from '../shared/pagination.ts';
+import { isCountryCode } from '../shared/phone.ts';
 import { apiKeyMatches, bearerToken, generateApiKey, parseApiKey } from './apiKeys.ts';
 import { canSeeWorkspace, type Principal, requireOperator, requireOrgAdmin } from './principal.ts';
 import * as store from './tenancy.store.ts';
@@ -253,6 +254,9 @@ export async function createWorkspace(
   const orgId = targetOrganization(actor.principal, input.organization_id);
   const timezone = input.timezone ?? 'UTC';
   checkZone('timezone', timezone);
+  if (input.home_country !== undefined && !isCountryCode(input.home_country)) {
+    throw validationError('home_country', 'must be an ISO 3166-1 alpha-2 code of a country with a numbering plan, such as US');
+  }
   return db.transaction().execute(async (trx) => {
     if ((await store.findOrganization(trx, orgId)) === undefined) throw notFound('Organization');
     const row = await store.insertWorkspace(trx, orgId, {
@@ -337,6 +341,7 @@ export async function createApiKey(
     switch (input.scope) {
       case 'operator':
         requireOperator(p);
+        if (input.organization_id !== undefined) throw validationError('organization_id', 'an operator key belongs to no organization');
         break;
       case 'organization': {
         organizationId = targetOrganization(p, input.organization_id);
@@ -353,6 +358,9 @@ export async function createApiKey(
           input.workspace_id,
         );
         if (ws === undefined) throw notFound('Workspace');
+        if (input.organization_id !== undefined && input.organization_id !== ws.organization_id) {
+          throw validationError('organization_id', 'is not the organization of workspace_id (it may be left out)');
+        }
         organizationId = ws.organization_id;
         workspaceId = ws.id;
         break;
@@ -397,6 +405,10 @@ export async function listApiKeys(
     p.scope === 'operator'
       ? (filter.organization_id ?? null)
       : targetOrganization(p, filter.organization_id);
+  // a workspace filter names a workspace this key may see, or is a 404 (not an empty page)
+  if (filter.workspace_id !== undefined && (await store.findWorkspace(db, orgId ?? undefined, filter.workspace_id)) === undefined) {
+    throw notFound('Workspace');
+  }
   const rows = await store.listApiKeys(
     db,
     {

@@ -1,4 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import * as campaigns from '../../campaigns/index.ts';
 import { notFound, validationError } from '../../shared/errors.ts';
@@ -62,6 +63,14 @@ async function visible(deps: AppDeps, p: Principal, id: string) {
   if (c === undefined || !canSeeWorkspace(p, c.organization_id, c.workspace_id)) throw notFound('Campaign');
   return { campaign: c, scope: { organizationId: c.organization_id, workspaceId: c.workspace_id } };
 }
+
+/** Routes that take nothing: a field or parameter they do not know is a 422, not ignored. */
+const NoQuery = Type.Object({}, { additionalProperties: false });
+const NoBody = Type.Object({}, { additionalProperties: false });
+/** A POST without a body is validated as an empty object. */
+const bodyMayBeAbsent = async (request: FastifyRequest): Promise<void> => {
+  if (request.body === undefined || request.body === null) request.body = {};
+};
 
 export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
   const { db } = deps;
@@ -143,7 +152,10 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
     const action = (name: 'start' | 'pause' | 'resume' | 'cancel', summary: string) =>
       app.post(
         `/v1/campaigns/:id/${name}`,
-        { schema: { tags: ['campaigns'], summary, params: Params, response: { 200: Campaign } } },
+        {
+          preValidation: bodyMayBeAbsent,
+          schema: { tags: ['campaigns'], summary, params: Params, querystring: NoQuery, body: NoBody, response: { 200: Campaign } },
+        },
         async (request) => {
           const actor = actorOf(request);
           const { scope } = await visible(deps, actor.principal, request.params.id);
@@ -163,12 +175,14 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           tags: ['campaigns'],
           summary: 'The rendered body for a sample contact (default: the first of the audience), with segments and cost',
           params: Params,
-          body: Type.Object({ contact_id: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false }),
+          querystring: NoQuery,
+          body: Type.Object({ contact_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })) }, { additionalProperties: false }),
         },
+        preValidation: bodyMayBeAbsent,
       },
       async (request) => {
         const { campaign } = await visible(deps, actorOf(request).principal, request.params.id);
-        const contact = await campaigns.previewContact(db, campaign, request.body.contact_id || undefined);
+        const contact = await campaigns.previewContact(db, campaign, request.body.contact_id);
         if (contact === undefined) {
           throw request.body.contact_id
             ? validationError('contact_id', 'no such contact in this workspace')

@@ -7,6 +7,7 @@ import type { AppDeps } from '../app.ts';
 import { actorOf } from '../auth.ts';
 import { Id, PageOf } from '../schemas.ts';
 import { workspaceScope } from './consent.ts';
+import { sendProblem } from '../problem.ts';
 import { IdParam, PagedQ, Q, WorkspaceQuery } from './contacts.ts';
 
 const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()]);
@@ -52,6 +53,18 @@ function registerImports(deps: AppDeps, app: Parameters<FastifyPluginAsyncTypebo
     '/v1/contacts/imports',
     {
       bodyLimit: contacts.MAX_UPLOAD_BYTES,
+      // before the body is read: only text/csv is streamed (the app's JSON or text parsers would hold up to 1 GiB)
+      onRequest: async (request, reply) => {
+        const type = (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+        if (type !== 'text/csv') {
+          return sendProblem(reply, request, 'malformed_request', {
+            status: 415,
+            detail: `The file must be sent as Content-Type: text/csv${type === '' ? '' : `, not ${type}`}. Nothing was stored.`,
+            fields: [{ field: 'content-type', in: 'headers', reason: 'must be text/csv' }],
+          });
+        }
+        return undefined;
+      },
       schema: {
         tags,
         summary: 'Import contacts from a CSV file (Content-Type: text/csv, up to 1 GiB): stored, then parsed by a job; 202 with the import',
@@ -128,7 +141,8 @@ function registerImports(deps: AppDeps, app: Parameters<FastifyPluginAsyncTypebo
       const imp = await contacts.getImport(db, scope.workspaceId, request.params.id);
       const cursor = decodeCursor(request.query.cursor);
       const after = cursor === undefined ? 0 : Number(cursor);
-      if (!Number.isSafeInteger(after)) throw validationError('cursor', 'is not a cursor returned by this API');
+      // row numbers are int4: a larger one is no cursor of ours (and failed the query, a 500)
+      if (!Number.isSafeInteger(after) || after < 0 || after > 2_147_483_647) throw validationError('cursor', 'is not a cursor returned by this API');
       const limit = request.query.limit ?? 50;
       const rows = await contacts.listImportErrors(db, imp.id, { limit, after });
       const data = rows.slice(0, limit).map((e) => ({

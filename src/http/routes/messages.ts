@@ -5,7 +5,9 @@ import { DomainError, notFound } from '../../shared/errors.ts';
 import { parseDateTime } from '../../shared/dates.ts';
 import { pageRequest, toPage } from '../../shared/pagination.ts';
 import { canSeeWorkspace, type Principal, requireWorkspaceKey } from '../../tenancy/index.ts';
+import type { Db } from '../../db/db.ts';
 import type { AppDeps } from '../app.ts';
+import { workspaceScope } from './consent.ts';
 import { actorOf } from '../auth.ts';
 import { Id, PageOf, PageQuery } from '../schemas.ts';
 
@@ -74,13 +76,12 @@ function toApi(m: messaging.MessageRow) {
   };
 }
 
-function listScope(p: Principal, workspaceId: string | undefined): { organizationId: string; workspaceId?: string } {
+async function listScope(db: Db, p: Principal, workspaceId: string | undefined): Promise<{ organizationId: string; workspaceId?: string }> {
   switch (p.scope) {
     case 'workspace':
-      if (workspaceId !== undefined && workspaceId !== p.workspaceId) throw notFound('Workspace');
-      return { organizationId: p.organizationId, workspaceId: p.workspaceId };
     case 'organization':
-      return { organizationId: p.organizationId, ...(workspaceId !== undefined && { workspaceId }) };
+      // a workspace filter names one of the key's own workspaces, or is a 404 (as every other route)
+      return workspaceId === undefined && p.scope === 'organization' ? { organizationId: p.organizationId } : workspaceScope(db, p, workspaceId);
     case 'operator':
       throw new DomainError('forbidden', 'Messages are listed with an organization or workspace key.');
     default: {
@@ -189,12 +190,17 @@ export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
       },
       async (request) => {
         const q = request.query;
-        const scope = listScope(actorOf(request).principal, q.workspace_id);
+        const scope = await listScope(db, actorOf(request).principal, q.workspace_id);
         let to: string | undefined;
         if (q.to !== undefined) {
           const parsed = messaging.parsePhone(q.to);
           if (!parsed.ok) throw new DomainError('validation_error', `to: ${parsed.reason}`, { fields: [{ field: 'to', reason: parsed.reason }] });
           to = parsed.e164;
+        }
+        const from = q.from ? parseDateTime('from', q.from) : undefined;
+        const until = q.until ? parseDateTime('until', q.until) : undefined;
+        if (from !== undefined && until !== undefined && from >= until) {
+          throw new DomainError('validation_error', 'from: must be before until', { fields: [{ field: 'from', reason: 'must be before until' }] });
         }
         const page = pageRequest(q);
         const rows = await messaging.listMessages(
@@ -205,8 +211,8 @@ export function messageRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
             ...(q.purpose && { purposes: q.purpose }),
             ...(q.campaign_id && { campaignId: q.campaign_id }),
             ...(to && { to }),
-            ...(q.from && { from: parseDateTime('from', q.from) }),
-            ...(q.until && { until: parseDateTime('until', q.until) }),
+            ...(from && { from }),
+            ...(until && { until }),
           },
           page,
         );
