@@ -36,6 +36,26 @@ async function spendAllBut(left: number): Promise<void> {
   }
 }
 
+describe('the quote', () => {
+  it('prices only the recipients the campaign would charge: without consent is skipped for free (the quote overstated the cost)', async () => {
+    const withConsent = await makeAudience(p, 3, { firstPhone: 6600 });
+    const without = await makeAudience(p, 3, { firstPhone: 6700, consent: false });
+    await sql`insert into contact_list_members (list_id, contact_id) select ${withConsent.listId}, unnest(${without.contactIds}::text[])`.execute(p.tdb.db);
+    await grantCredits(p, 3);
+    const { id } = await createCampaign(p, withConsent.listId);
+    const quote = (await p.app.inject({ method: 'GET', url: `/v1/campaigns/${id}/quote`, headers: bearer(p.tenant.workspaceKey) })).json() as Record<string, unknown>;
+    // the balance covers every recipient that costs anything: not "3 of 6"
+    expect(quote).toMatchObject({ recipients: 6, billable: 3, skipped: 3, total_credits: 3, covered: 3, summary: '3 of 3' });
+    expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
+    await waitForCampaign(p, id, (c) => c.status === 'completed', 30_000);
+    const settled = await eventually(async () => {
+      const now = await progress(id);
+      return now.credits.reserved === 0 ? now : undefined;
+    }, 10_000, 'captures');
+    expect(settled.credits.captured).toBe(quote.total_credits);
+  });
+});
+
 describe('credits run out mid-campaign', () => {
   it('sends exactly the affordable prefix, pauses, resumes on a grant, and ends with one copy per recipient', async () => {
     const audience = await makeAudience(p, 50, { firstPhone: 2000 });
@@ -43,7 +63,7 @@ describe('credits run out mid-campaign', () => {
     const { id } = await createCampaign(p, audience.listId);
 
     const quote = await p.app.inject({ method: 'GET', url: `/v1/campaigns/${id}/quote`, headers: bearer(p.tenant.workspaceKey) });
-    expect(quote.json()).toMatchObject({ recipients: 50, total_credits: 50, covered: 30, summary: '30 of 50', by_country: [{ country: 'US', recipients: 50 }] });
+    expect(quote.json()).toMatchObject({ recipients: 50, billable: 50, skipped: 0, total_credits: 50, covered: 30, summary: '30 of 50', by_country: [{ country: 'US', recipients: 50 }] });
 
     expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
     const paused = await waitForCampaign(p, id, (c) => c.status === 'paused');

@@ -192,3 +192,8 @@ it('POST /v1/campaigns/{id}/preview without a body previews the first contact of
   expect(r.statusCode, r.body).toBe(200);
   expect((r.json() as { body: string }).body).toBe('hi there');
 });
+
+it('a campaign body of only spaces is a 422 naming body (every recipient would be skipped as empty_body)', async () => {
+  expectProblem(await call(a.workspaceKey, 'POST', '/v1/campaigns', { name: 'c', body: '   ', audience: { type: 'list', id: listA } }), 422, 'body');
+  expect((await call(a.workspaceKey, 'POST', '/v1/campaigns', { name: 'c', body: ' {{first_name}} ', audience: { type: 'list', id: listA } })).status).toBe(201);
+});

@@ -81,8 +81,13 @@ export interface Quote {
   total_segments: number;
   total_credits: number;
   available_credits: number;
-  /** How many recipients, in order, the current balance pays for. */
+  /** Recipients the campaign would charge: not skipped for free (no consent, a number or country it may not text, an empty or too long body). */
+  billable: number;
+  /** Recipients skipped for free, as the pipeline would skip them. */
+  skipped: number;
+  /** How many billable recipients, in order, the current balance pays for. */
   covered: number;
+  /** "covered of billable", e.g. "7,412 of 10,000". */
   summary: string;
 }
 
@@ -125,6 +130,7 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
   let segments = 0;
   let covered = 0;
   let stillCovered = true;
+  let billable = 0;
   const source =
     c.audience_size !== null
       ? sql`select seq::text as k, phone, variables from campaign_recipients where campaign_id = ${c.id}`
@@ -132,12 +138,16 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
           from (${await audienceQuery(db, c.workspace_id, { type: c.audience_type, id: c.audience_id })}) a`;
   let after: string | null = null;
   for (;;) {
-    const { rows } = await sql<{ k: string; phone: string; variables: Variables }>`select * from (${source}) s
+    // consent as dispatch checks it: a recipient without it is skipped, and costs nothing
+    const { rows } = await sql<{ k: string; phone: string; variables: Variables; consent_ok: boolean }>`select s.*,
+        exists (select 1 from credence_consent_check(${c.workspace_id}, s.phone, ${c.purpose}, 'campaign') cc where cc.allowed) as consent_ok
+      from (${source}) s
       ${after === null ? sql`` : c.audience_size !== null ? sql`where s.k::int > ${Number(after)}` : sql`where s.k > ${after}`}
       order by ${c.audience_size !== null ? sql`s.k::int` : sql`s.k`} limit 5000`.execute(db);
     if (rows.length === 0) break;
     for (const r of rows) {
       recipients++;
+      if (!r.consent_ok) continue;
       const phone = parsePhone(r.phone);
       if (!phone.ok || !checkNumber(phone, allowed).ok) continue;
       const body = render(parsed, r.variables);
@@ -148,6 +158,7 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
       entry.segments += priced.segments;
       entry.credits += priced.cost;
       byCountry.set(priced.country, entry);
+      billable++;
       segments += priced.segments;
       total += priced.cost;
       if (stillCovered && total <= available) covered++;
@@ -161,7 +172,9 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
     total_segments: segments,
     total_credits: total,
     available_credits: available,
+    billable,
+    skipped: recipients - billable,
     covered,
-    summary: `${covered.toLocaleString('en-US')} of ${recipients.toLocaleString('en-US')}`,
+    summary: `${covered.toLocaleString('en-US')} of ${billable.toLocaleString('en-US')}`,
   };
 }

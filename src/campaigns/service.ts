@@ -29,6 +29,8 @@ type Scope = { organizationId: string; workspaceId: string };
 export async function createCampaign(db: Db, scope: Scope, input: CampaignInput, actor: string): Promise<CampaignRow> {
   const parsed = parseTemplate(input.body);
   if (!parsed.ok) throw validationError('body', parsed.reason);
+  // blank with no placeholder: every recipient would be skipped as empty_body, and the campaign "complete"
+  if (parsed.names.length === 0 && input.body.trim() === '') throw validationError('body', 'is blank: write the message, or a placeholder');
   let scheduledAt: Date | null = null;
   if (input.scheduled_at !== undefined) {
     scheduledAt = parseDateTime('scheduled_at', input.scheduled_at);
@@ -246,7 +248,11 @@ const FINISHED = ['sent', 'delivered', 'undelivered', 'failed'] as const;
 
 /**
  * The campaign's last RECENT_SENDS claimed messages that have an outcome,
- * and how many of them the carrier refused for good. Each final status is
+ * and how many of them failed for good at the carrier: refused with a
+ * permanent error, or taken and then reported undelivered or failed by its
+ * status callback (filtering, unknown or landline numbers: what the
+ * threshold is for; counting only the refusals let a campaign whose
+ * messages the carrier filtered run to the end). Each final status is
  * read from the end of its range in (campaign_id, status, claimed_at), so a
  * check costs the same at the millionth send as at the first.
  */
@@ -258,7 +264,8 @@ export async function recentOutcomes(db: DbOrTx, campaignId: string, since?: Dat
       order by claimed_at desc limit ${RECENT_SENDS})`,
   );
   const { rows } = await sql<{ failed: number; total: number }>`
-    select count(*) filter (where status = 'failed' and status_reason = 'carrier_error')::int as failed, count(*)::int as total
+    select count(*) filter (where (status = 'failed' and status_reason = 'carrier_error') or status = 'undelivered')::int as failed,
+      count(*)::int as total
     from (select status, status_reason from (${sql.join(branches, sql` union all `)}) u
       order by claimed_at desc limit ${RECENT_SENDS}) recent`.execute(db);
   return rows[0]!;

@@ -29,10 +29,14 @@ export function parseTemplate(template: string): ParsedTemplate {
   return { ok: true, parts, names };
 }
 
+/** The variable's own value (never one inherited from Object.prototype: `{{constructor}}` rendered JavaScript source). */
+const own = (vars: Variables, name: string): unknown => (Object.hasOwn(vars, name) ? vars[name] : undefined);
+
 function lookup(vars: Variables, name: string): string {
-  const value = vars[name] ?? (name.startsWith('attributes.') ? vars[name.slice('attributes.'.length)] : undefined);
-  if (value === null || value === undefined) return '';
-  return typeof value === 'string' ? value : String(value);
+  const value = own(vars, name) ?? (name.startsWith('attributes.') ? own(vars, name.slice('attributes.'.length)) : undefined);
+  // a scalar renders as text; an object or array attribute has no text of its own
+  if (typeof value === 'string') return value;
+  return typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint' ? String(value) : '';
 }
 
 export function render(parsed: Extract<ParsedTemplate, { ok: true }>, vars: Variables): string {

@@ -98,7 +98,7 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
               throttle_mps: Type.Optional(Type.Union([Type.Null(), Type.Number({ minimum: 0.01, maximum: 10_000, description: 'messages per second (at least 0.01); below 1, one message every 1/throttle_mps seconds' })])),
               auto_resume: Type.Optional(Type.Boolean({ description: 'resume by itself when credits arrive after it paused for want of them (default true)' })),
               error_threshold: Type.Optional(
-                Type.Union([Type.Null(), Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'pause when this share of the last 500 sends failed permanently' })]),
+                Type.Union([Type.Null(), Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'pause when this share of the last 500 sends failed permanently: refused by the carrier, or reported undelivered or failed' })]),
               ),
             },
             { additionalProperties: false },
@@ -210,6 +210,12 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
       },
     );
 
+    // open streams end when the server closes (a graceful shutdown waited for their viewers to leave)
+    const streams = new Set<() => void>();
+    app.addHook('preClose', async () => {
+      for (const stop of streams) stop();
+    });
+
     app.get(
       '/v1/campaigns/:id/progress/stream',
       {
@@ -227,9 +233,15 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': request.id });
         // the client may have left already (during the look-up above, before a 'close' listener
         // could hear it): the socket's state says so, whenever it happened
-        const gone = () => res.destroyed || request.raw.destroyed || res.writableEnded;
+        let closing = false;
+        const gone = () => closing || res.destroyed || request.raw.destroyed || res.writableEnded;
         let wake: (() => void) | undefined;
         res.on('close', () => wake?.());
+        const stop = () => {
+          closing = true;
+          wake?.();
+        };
+        streams.add(stop);
         const id = campaign.id;
         try {
           for (let n = 0; !gone(); n++) {
@@ -251,6 +263,7 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           // the headers are sent: the stream ends (the client reconnects), the error is logged
           request.log.warn({ err }, 'progress stream ended by an error');
         } finally {
+          streams.delete(stop);
           res.end();
         }
       },
