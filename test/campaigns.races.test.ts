@@ -4,10 +4,10 @@ import { throttleStep } from '../src/campaigns/advance.ts';
 import type { CampaignRow } from '../src/campaigns/campaigns.store.ts';
 import type { Progress } from '../src/campaigns/progress.ts';
 import { createProgressFeed } from '../src/campaigns/progressFeed.ts';
-import { resumeCampaignsForCredits } from '../src/campaigns/service.ts';
+import { checkCampaign, resumeCampaignsForCredits } from '../src/campaigns/service.ts';
 import { pauseCampaigns } from '../src/messaging/campaignGate.ts';
 import { newId } from '../src/shared/ids.ts';
-import { bearer } from './helpers/app.ts';
+import { bearer, silentLog } from './helpers/app.ts';
 import { campaignAction, createCampaign, makeAudience, waitForCampaign } from './helpers/campaigns.ts';
 import { eventually, grantCredits, type Pipeline, startPipeline } from './helpers/pipeline.ts';
 
@@ -65,7 +65,9 @@ describe('a manual pause racing an automatic resume (credits arrived)', () => {
 describe('throttles', () => {
   it('below one message a second: one message, and the next step 1/throttle seconds later', async () => {
     expect(throttleStep(0.25)).toEqual({ batch: 1, everyMs: 4_000 });
-    expect(throttleStep(2.5)).toEqual({ batch: 2, everyMs: 1_000 });
+    expect(throttleStep(2.5)).toEqual({ batch: 2, everyMs: 800 });
+    expect(throttleStep(3)).toEqual({ batch: 3, everyMs: 1_000 });
+    expect(throttleStep(0.01)).toEqual({ batch: 1, everyMs: 100_000 });
     const a = await makeAudience(p, 20, { firstPhone: 1000 });
     const { id } = await createCampaign(p, a.listId, { throttle_mps: 0.25 });
     await campaignAction(p, id, 'start');
@@ -73,6 +75,25 @@ describe('throttles', () => {
     const [next] = await advanceJobs(id);
     expect(next!.run_in_ms).toBeGreaterThan(2_500);
     expect(await made(id)).toBe(1);
+    await campaignAction(p, id, 'cancel');
+  });
+
+  it('neither pause/resume pairs nor the sweep restarting a slow campaign it thinks stalled bring its next step forward', async () => {
+    const a = await makeAudience(p, 10, { firstPhone: 1500 });
+    const { id } = await createCampaign(p, a.listId, { throttle_mps: 0.1 }); // one message every 10 s
+    await campaignAction(p, id, 'start');
+    await eventually(async () => ((await made(id)) === 1 ? true : undefined), 10_000, 'the first step');
+    for (let i = 0; i < 3; i++) {
+      expect((await campaignAction(p, id, 'pause')).statusCode).toBe(200);
+      expect((await campaignAction(p, id, 'resume')).statusCode).toBe(200);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    // the sweep's check sees a cursor that has not moved for a while (each pair added a step before)
+    await sql`update campaigns set updated_at = now() - interval '1 minute' where id = ${id}`.execute(p.tdb.db);
+    await checkCampaign({ db: p.tdb.db, log: silentLog }, id);
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(await made(id)).toBe(1);
+    await eventually(async () => ((await advanceJobs(id)).some((j) => !j.locked && j.run_in_ms > 4_000) ? true : undefined), 5_000, 'the next step, still ahead');
     await campaignAction(p, id, 'cancel');
   });
 

@@ -20,6 +20,8 @@ export interface CampaignRow {
   pause_reason: string | null;
   audience_size: number | null;
   cursor: number;
+  /** A throttled campaign's next step may not run before this (advance.ts). */
+  next_advance_at: Date | null;
   created_at: Date;
   started_at: Date | null;
   completed_at: Date | null;
@@ -28,7 +30,7 @@ export interface CampaignRow {
 
 const COLUMNS = sql`id, organization_id, workspace_id, name, body_template, purpose, audience_type, audience_id, from_number,
   scheduled_at, throttle_mps::float8 as throttle_mps, auto_resume, error_threshold::float8 as error_threshold, status,
-  pause_reason, audience_size, cursor, created_at, started_at, completed_at, updated_at`;
+  pause_reason, audience_size, cursor, next_advance_at, created_at, started_at, completed_at, updated_at`;
 
 export type NewCampaign = Pick<
   CampaignRow,
