@@ -197,3 +197,24 @@ it('a campaign body of only spaces is a 422 naming body (every recipient would b
   expectProblem(await call(a.workspaceKey, 'POST', '/v1/campaigns', { name: 'c', body: '   ', audience: { type: 'list', id: listA } }), 422, 'body');
   expect((await call(a.workspaceKey, 'POST', '/v1/campaigns', { name: 'c', body: ' {{first_name}} ', audience: { type: 'list', id: listA } })).status).toBe(201);
 });
+
+it('the OpenAPI document gives every operation its problem+json errors, and the CSV and event-stream media', async () => {
+  const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json() as {
+    components: { schemas: Record<string, unknown> };
+    paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, { schema: { $ref?: string } }> }>; requestBody?: { content: Record<string, unknown> } }>>;
+  };
+  expect(Object.keys(doc.components.schemas)).toContain('Problem');
+  let operations = 0;
+  for (const [path, ops] of Object.entries(doc.paths)) {
+    for (const [method, op] of Object.entries(ops)) {
+      operations++;
+      for (const range of ['4XX', '5XX']) {
+        expect(op.responses[range]?.content?.['application/problem+json']?.schema.$ref, `${method} ${path} ${range}`).toBe('#/components/schemas/Problem');
+      }
+    }
+  }
+  expect(operations).toBeGreaterThan(50);
+  expect(Object.keys(doc.paths['/v1/contacts/imports']!.post!.requestBody!.content)).toEqual(['text/csv']);
+  expect(Object.keys(doc.paths['/v1/campaigns/{id}/progress/stream']!.get!.responses['200']!.content!)).toEqual(['text/event-stream']);
+  expect(Object.keys(doc.paths['/v1/credits/ledger']!.get!.responses['200']!.content!)).toContain('text/csv');
+});

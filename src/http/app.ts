@@ -65,6 +65,36 @@ const strictBodies: typeof buildAjvValidator = (externalSchemas, options) => {
   return select as unknown as ReturnType<typeof buildAjvValidator>;
 };
 
+type OpenApiDocument = Record<string, unknown> & { paths?: Record<string, Record<string, Record<string, unknown>>> };
+
+/**
+ * What the routes' schemas cannot say, added to the OpenAPI document: every
+ * operation's errors (RFC 9457 problem+json, the shared `Problem` schema),
+ * the CSV upload of an import, the ledger's CSV export and the progress
+ * stream's Server-Sent Events.
+ */
+function documentErrorsAndMedia(doc: OpenApiDocument): OpenApiDocument {
+  const problem = { description: 'A problem (RFC 9457): `errors` names each field and why', content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } } };
+  for (const [path, operations] of Object.entries(doc.paths ?? {})) {
+    for (const [method, op] of Object.entries(operations)) {
+      if (!['get', 'post', 'put', 'patch', 'delete'].includes(method)) continue;
+      const responses = (op.responses ?? {}) as Record<string, unknown>;
+      op.responses = { ...responses, '4XX': responses['4XX'] ?? problem, '5XX': responses['5XX'] ?? problem };
+      if (path === '/v1/contacts/imports' && method === 'post') {
+        op.requestBody = { required: true, content: { 'text/csv': { schema: { type: 'string', format: 'binary' } } } };
+      }
+      if (path === '/v1/credits/ledger' && method === 'get') {
+        const ok = (responses['200'] ?? {}) as { content?: Record<string, unknown> };
+        op.responses = { ...(op.responses as object), '200': { ...ok, description: 'The page (JSON), or every matching entry as CSV with `Accept: text/csv`', content: { ...ok.content, 'text/csv': { schema: { type: 'string' } } } } };
+      }
+      if (path === '/v1/campaigns/{id}/progress/stream' && method === 'get') {
+        op.responses = { ...(op.responses as object), '200': { description: 'Server-Sent Events: `event: progress`, its data the JSON of GET …/progress', content: { 'text/event-stream': { schema: { type: 'string' } } } } };
+      }
+    }
+  }
+  return doc;
+}
+
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
 // Our own request ids: a random stem per process and a counter (a random id
 // per request cost a CSPRNG call on every status callback).
@@ -138,6 +168,9 @@ export async function buildApp(deps: AppDeps) {
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
+    // shared schemas are named by their $id in components.schemas (Problem, not def-0)
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
+    transformObject: (document) => ('openapiObject' in document ? documentErrorsAndMedia(document.openapiObject as OpenApiDocument) : document.swaggerObject),
   });
   await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { deepLinking: true } });
 
