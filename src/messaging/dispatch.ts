@@ -85,6 +85,11 @@ export async function dispatchOrganization(
   options: { includeBlocked?: boolean } = {},
 ): Promise<DispatchReport> {
   const report: DispatchReport = { queued: 0, blocked: 0, skipped: 0, deferred: 0, batches: 0 };
+  // Batches are taken in id order and wait for rows another run holds (not SKIP LOCKED): credits
+  // go to an organization's messages in order, the paid-for prefix of a campaign. Skipping, a
+  // second run took the next batch, could reach the account lock first and spend the credits
+  // past the first run's batch, which was then blocked (test/dispatch.order.test.ts). Runs of
+  // one organization take turns; the ledger's account lock serialised their reservations anyway.
   // Blocked messages are looked at once per call (after a purchase, an unfreeze): a batch that
   // still cannot go must not be picked up again in the same call.
   let blockedAfter = '';
@@ -100,7 +105,7 @@ export async function dispatchOrganization(
           )
         order by m.id
         limit ${DISPATCH_BATCH}
-        for update of m skip locked`.execute(trx);
+        for update of m`.execute(trx);
       if (rows.length === 0) return { rows };
       report.batches++;
       const lastBlocked = rows.filter((r) => r.status === 'blocked').at(-1);

@@ -14,7 +14,8 @@ const CHANNEL = DISPATCH_CHANNEL;
  * lock, unlike a shared job row that every request would update); each
  * worker process listens and dispatches that organization, at most one run
  * at a time per organization and process, with one more run if notified
- * meanwhile. Workers in several processes split the work with SKIP LOCKED.
+ * meanwhile. Runs in several processes take an organization's batches in
+ * turn (dispatch.ts: in id order, waiting for each other's rows).
  * Missed notifications are covered by the `sweep` job every minute.
  */
 export async function notifyDispatch(trx: DbOrTx, organizationId: string): Promise<void> {
