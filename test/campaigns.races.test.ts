@@ -112,6 +112,29 @@ describe('throttles', () => {
   });
 });
 
+describe('a scheduled start', () => {
+  it('waits for its time, then runs by itself; a scheduled campaign may also be started at once', async () => {
+    const a = await makeAudience(p, 3, { firstPhone: 1700 });
+    const soon = await createCampaign(p, a.listId, { scheduled_at: new Date(Date.now() + 3_000).toISOString() });
+    const started = await campaignAction(p, soon.id, 'start');
+    expect(started.json.status).toBe('scheduled');
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(await made(soon.id)).toBe(0);
+    await waitForCampaign(p, soon.id, (c) => c.status === 'completed', 20_000);
+    expect(await made(soon.id)).toBe(3);
+
+    const b = await makeAudience(p, 2, { firstPhone: 1800 });
+    const later = await createCampaign(p, b.listId, { scheduled_at: new Date(Date.now() + 3_600_000).toISOString() });
+    expect((await campaignAction(p, later.id, 'start')).json.status).toBe('scheduled');
+    const now = await campaignAction(p, later.id, 'start');
+    expect(now.statusCode).toBe(200);
+    expect(now.json.status).toBe('running');
+    await waitForCampaign(p, later.id, (c) => c.status === 'completed', 20_000);
+    expect(await made(later.id)).toBe(2);
+    expect((await campaignAction(p, later.id, 'start')).statusCode).toBe(409);
+  });
+});
+
 describe('quote and preview', () => {
   it('the quote leaves out the recipients the campaign skips for free (a country the workspace may not text)', async () => {
     const a = await makeAudience(p, 3, { firstPhone: 5000 });

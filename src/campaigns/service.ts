@@ -89,6 +89,8 @@ async function begin(trx: Tx, c: CampaignRow, actor: string): Promise<CampaignRo
 export async function startCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
   return db.transaction().execute(async (trx) => {
     const c = await campaignInScope(trx, scope, id, { lock: true });
+    // a scheduled campaign may be started before its time: now (its start job then finds it running)
+    if (c.status === 'scheduled') return begin(trx, c, actor);
     if (c.status !== 'draft') throw conflict(c, 'started');
     if (c.scheduled_at !== null && c.scheduled_at.getTime() > Date.now()) {
       const scheduled = await applyCampaignEvent(trx, c.id, 'schedule', { actor });

@@ -163,7 +163,7 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           return toApi(await fn(db, scope, request.params.id, actor.principal.keyId));
         },
       );
-    action('start', 'Start (or schedule, if scheduled_at is ahead): the audience is snapshotted into numbered recipients');
+    action('start', 'Start (or schedule, if scheduled_at is ahead; a scheduled campaign starts now): the audience is snapshotted into numbered recipients');
     action('pause', 'Pause: takes effect before the next claim; nothing not yet handed to the carrier is sent');
     action('resume', 'Resume from the message rows: nothing is created or sent twice');
     action('cancel', 'Cancel: everything not yet sent is skipped and its credits released');
