@@ -12,6 +12,33 @@ afterAll(async () => {
   await p?.simulator.stop();
 });
 
+it('a stream whose API key is revoked ends (the viewer kept watching after the revocation)', async () => {
+  const a = await makeAudience(p, 1, { firstPhone: 7100 });
+  const { id } = await createCampaign(p, a.listId);
+  const created = await p.app.inject({
+    method: 'POST',
+    url: '/v1/api-keys',
+    headers: { authorization: `Bearer ${p.tenant.orgKey}` },
+    payload: { name: 'dashboard', scope: 'workspace', workspace_id: p.tenant.workspaceId },
+  });
+  expect(created.statusCode, created.body).toBe(201);
+  const { key, api_key: apiKey } = created.json() as { key: string; api_key: { id: string } };
+  const res = await fetch(`${p.apiUrl}/v1/campaigns/${id}/progress/stream`, { headers: { authorization: `Bearer ${key}` } });
+  const reader = res.body!.getReader();
+  expect(new TextDecoder().decode((await reader.read()).value)).toContain('event: progress');
+  const revoked = await p.app.inject({ method: 'POST', url: `/v1/api-keys/${apiKey.id}/revoke`, headers: { authorization: `Bearer ${p.tenant.orgKey}` } });
+  expect(revoked.statusCode).toBe(200);
+  let text = '';
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const chunk = await Promise.race([reader.read(), new Promise<'late'>((r) => setTimeout(() => r('late'), deadline - Date.now()))]);
+    if (chunk === 'late') throw new Error(`stream still open 10 s after the revocation: ${text}`);
+    if (chunk.done) break;
+    text += new TextDecoder().decode(chunk.value);
+  }
+  expect(text).toContain('event: end');
+}, 30_000);
+
 it("an open progress stream ends when the server closes, and does not hold up the shutdown (it waited for the viewer to leave)", async () => {
   const a = await makeAudience(p, 2, { firstPhone: 7000 });
   const { id } = await createCampaign(p, a.listId); // a draft: its stream stays open

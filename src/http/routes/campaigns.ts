@@ -2,9 +2,9 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import * as campaigns from '../../campaigns/index.ts';
-import { notFound, validationError } from '../../shared/errors.ts';
+import { DomainError, notFound, validationError } from '../../shared/errors.ts';
 import { pageRequest, toPage } from '../../shared/pagination.ts';
-import { canSeeWorkspace, type Principal } from '../../tenancy/index.ts';
+import { authenticate, canSeeWorkspace, type Principal } from '../../tenancy/index.ts';
 import type { AppDeps } from '../app.ts';
 import { actorOf } from '../auth.ts';
 import { Id, PageOf, PageQuery } from '../schemas.ts';
@@ -71,6 +71,16 @@ const NoBody = Type.Object({}, { additionalProperties: false });
 const bodyMayBeAbsent = async (request: FastifyRequest): Promise<void> => {
   if (request.body === undefined || request.body === null) request.body = {};
 };
+
+async function stillAuthenticated(db: AppDeps['db'], authorization: string | undefined): Promise<boolean> {
+  try {
+    await authenticate(db, authorization);
+    return true;
+  } catch (err) {
+    if (err instanceof DomainError && err.code === 'unauthenticated') return false;
+    throw err;
+  }
+}
 
 export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
   const { db } = deps;
@@ -222,7 +232,7 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         schema: {
           tags: ['campaigns'],
           summary:
-            'The same progress as Server-Sent Events (a `progress` event a second, until the campaign ends or the client leaves; for a very large campaign less often: each update waits ten times as long as counting took, at most 30 s)',
+            'The same progress as Server-Sent Events (a `progress` event a second, until the campaign ends, the client leaves, the server shuts down, or the key is revoked: then an `end` event; for a very large campaign less often: each update waits ten times as long as counting took, at most 30 s)',
           params: Params,
         },
       },
@@ -245,6 +255,11 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         const id = campaign.id;
         try {
           for (let n = 0; !gone(); n++) {
+            // a key revoked while its viewer watches ends the stream (within the keys' 2 s cache)
+            if (n > 0 && !(await stillAuthenticated(db, request.headers.authorization))) {
+              res.write(`event: end\ndata: ${JSON.stringify({ reason: 'unauthenticated' })}\n\n`);
+              break;
+            }
             const current = await campaigns.campaignInScope(db, { organizationId: campaign.organization_id }, id);
             // shared with everyone watching this campaign (in this state) from this process
             const { progress, waitMs } = await progressFeed.next(current);
