@@ -76,6 +76,9 @@ describe('credits run out mid-campaign', () => {
     for (const r of recs) expect(copiesTo(r.phone), `seq ${r.seq}`).toBe(r.seq <= 30 ? 1 : 0);
     const bodies = p.simulator.log().filter((e) => e.to === recs[0]!.phone).map((e) => e.body);
     expect(bodies).toEqual([`Hi ${String(recs[0]!.variables.first_name)}, spring sale today!`]);
+    // paused for credits, the quote is for the rest: what a purchase must cover
+    const rest = await p.app.inject({ method: 'GET', url: `/v1/campaigns/${id}/quote`, headers: bearer(p.tenant.workspaceKey) });
+    expect(rest.json()).toMatchObject({ recipients: 20, billable: 20, total_credits: 20, covered: 0, summary: '0 of 20' });
 
     // Credits arrive through the operator API: the campaign resumes by itself.
     const grant = await p.app.inject({

@@ -76,6 +76,7 @@ export async function renderFor(db: DbOrTx, c: CampaignRow, vars: Variables, pho
 }
 
 export interface Quote {
+  /** Before start the audience; once started, the recipients still to pay for. */
   recipients: number;
   by_country: { country: string; recipients: number; segments: number; credits: number }[];
   total_segments: number;
@@ -91,11 +92,6 @@ export interface Quote {
   summary: string;
 }
 
-/**
- * Pre-flight estimate: every recipient rendered and priced (the recipients
- * snapshot once started, the live audience before), by country, and how
- * many in order the available balance covers. Reads in pages of 5,000.
- */
 /**
  * The contact a preview renders for: the one named (any contact of the
  * workspace), or by default the first of the campaign's audience (the
@@ -115,6 +111,15 @@ export async function previewContact(
   return rows[0];
 }
 
+/**
+ * Pre-flight estimate: every recipient rendered and priced (before start the
+ * live audience; once started, the recipients still to pay for: not yet
+ * created, or created and waiting for credits), by country, and how many in
+ * order the available balance covers. A campaign paused for credits is
+ * quoted for the rest, so "3,000 of 4,000" says what a purchase must cover
+ * (it quoted the whole audience, the sent part included, against the
+ * balance left). Reads in pages of 5,000.
+ */
 export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> {
   const parsed = parseTemplate(c.body_template);
   if (!parsed.ok) throw new Error('template does not parse');
@@ -133,7 +138,9 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
   let billable = 0;
   const source =
     c.audience_size !== null
-      ? sql`select seq::text as k, phone, variables from campaign_recipients where campaign_id = ${c.id}`
+      ? sql`select r.seq::text as k, r.phone, r.variables from campaign_recipients r where r.campaign_id = ${c.id}
+          and not exists (select 1 from messages m where m.workspace_id = ${c.workspace_id}
+            and m.dedupe_key = 'campaign:' || ${c.id} || ':' || r.seq and m.status not in ('planned', 'blocked', 'deferred'))`
       : sql`select a.id as k, a.phone, ${contactVariables('a')} as variables
           from (${await audienceQuery(db, c.workspace_id, { type: c.audience_type, id: c.audience_id })}) a`;
   let after: string | null = null;
