@@ -48,6 +48,7 @@ it("an open progress stream ends when the server closes, and does not hold up th
   const outcome = await Promise.race([closeApp(p.app).then(() => 'closed'), new Promise((r) => setTimeout(() => r('still open after 5 s'), 5_000))]);
   expect(outcome).toBe('closed');
   // the viewer sees the stream end (and reconnects elsewhere)
-  let done = false;
-  while (!done) done = (await reader.read()).done;
+  let text = '';
+  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += new TextDecoder().decode(chunk.value);
+  expect(text).toContain('event: end\ndata: {"reason":"shutting_down"}');
 }, 30_000);

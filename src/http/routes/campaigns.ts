@@ -279,6 +279,8 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           request.log.warn({ err }, 'progress stream ended by an error');
         } finally {
           streams.delete(stop);
+          // the viewer reconnects to another API process
+          if (closing && !res.destroyed && !res.writableEnded) res.write(`event: end\ndata: ${JSON.stringify({ reason: 'shutting_down' })}\n\n`);
           res.end();
         }
       },
