@@ -152,6 +152,11 @@ describe('quote and preview', () => {
     }, 10_000, 'the captures');
     expect(quote.recipients).toBe(4);
     expect(quote.total_credits).toBe(progress.credits.captured);
+    // the preview of the skipped contact says so, and prices it at nothing (it was priced as if sent)
+    const preview = await p.app.inject({ method: 'POST', url: `/v1/campaigns/${id}/preview`, headers: bearer(p.tenant.workspaceKey), payload: { contact_id: gg } });
+    expect(preview.json()).toMatchObject({ body: 'Hi Guernsey, spring sale today!', cost: 0, country: 'GG', skip_reason: 'country_not_allowed' });
+    const sent = await p.app.inject({ method: 'POST', url: `/v1/campaigns/${id}/preview`, headers: bearer(p.tenant.workspaceKey), payload: { contact_id: a.contactIds[0] } });
+    expect(sent.json()).toMatchObject({ cost: 1, country: 'US', skip_reason: null });
   });
 
   it("the preview's default sample is the first contact of the campaign's audience, not of the workspace", async () => {

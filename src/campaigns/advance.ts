@@ -2,11 +2,11 @@ import { sql } from 'kysely';
 import type { Db, Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import * as messaging from '../messaging/index.ts';
-import { allowedCountries, checkNumber } from '../sendrules/index.ts';
+import { allowedCountries } from '../sendrules/index.ts';
 import { orderedId } from '../shared/ids.ts';
 import type { Logger } from '../shared/logger.ts';
-import { parsePhone } from '../shared/phone.ts';
 import { type CampaignRow, findCampaign } from './campaigns.store.ts';
+import { judgeRecipient } from './recipient.ts';
 import { parseTemplate, render } from './template.ts';
 
 /** A step due within this is run now (the job's time is the database's clock, the check this process's). */
@@ -117,17 +117,11 @@ async function buildMessages(
   const stem = c.id.slice(-6);
   return recipients.map((r, i) => {
     const body = render(parsed, r.variables);
-    const phone = parsePhone(r.phone);
-    let reason: string | null = null;
-    let priced: messaging.Priced | undefined;
-    if (!phone.ok) reason = 'invalid_number';
-    else {
-      const safety = checkNumber(phone, allowed);
-      if (!safety.ok) reason = safety.reason;
-    }
-    if (body.trim() === '') reason ??= 'empty_body';
-    else if (body.length > messaging.MAX_BODY && messaging.characterCount(body) > messaging.MAX_BODY) reason ??= 'body_too_long';
-    if (reason === null && phone.ok) priced = messaging.pricePhone(phone, body, priceList);
+    // consent is decided at dispatch and claim, where the message is sent
+    const verdict = judgeRecipient(r.phone, body, { allowed, priceList, consentOk: true });
+    const { phone } = verdict;
+    const reason = verdict.skip;
+    const priced = verdict.skip === null ? verdict.priced : undefined;
     return {
       id: orderedId('msg', stem, r.seq, now),
       organization_id: c.organization_id,

@@ -3,9 +3,9 @@ import { audienceQuery } from '../contacts/index.ts';
 import * as credits from '../credits/index.ts';
 import type { DbOrTx } from '../db/db.ts';
 import * as messaging from '../messaging/index.ts';
-import { allowedCountries, checkNumber } from '../sendrules/index.ts';
-import { parsePhone } from '../shared/phone.ts';
+import { allowedCountries } from '../sendrules/index.ts';
 import { type CampaignRow, contactVariables } from './campaigns.store.ts';
+import { judgeRecipient } from './recipient.ts';
 import { parseTemplate, render, type Variables } from './template.ts';
 
 export interface Progress {
@@ -63,16 +63,32 @@ export interface Rendered {
   body: string;
   segments: number;
   encoding: string;
+  /** What this recipient would cost: 0 when skipped. */
   cost: number;
   country: string;
+  /** Why the campaign would skip this recipient for free (as advance, dispatch and the quote decide), or null. */
+  skip_reason: string | null;
 }
 
 export async function renderFor(db: DbOrTx, c: CampaignRow, vars: Variables, phone: string): Promise<Rendered> {
   const parsed = parseTemplate(c.body_template);
   if (!parsed.ok) throw new Error('template does not parse');
   const body = render(parsed, vars);
-  const priced = messaging.priceMessage(phone, body, await messaging.organizationPriceList(db, c.organization_id));
-  return { body, segments: priced.segments, encoding: priced.encoding, cost: priced.cost, country: priced.country };
+  const priceList = await messaging.organizationPriceList(db, c.organization_id);
+  const allowed = allowedCountries(await messaging.workspaceCountries(db, c.workspace_id));
+  const { rows } = await sql<{ ok: boolean }>`select exists (select 1 from credence_consent_check(${c.workspace_id}, ${phone}, ${c.purpose}, 'campaign') cc
+    where cc.allowed) as ok`.execute(db);
+  const verdict = judgeRecipient(phone, body, { allowed, priceList, consentOk: rows[0]?.ok ?? false });
+  // a skipped recipient is still shown as the body would read, priced at nothing
+  const shown = messaging.countSegments(body);
+  return {
+    body,
+    segments: shown.segments,
+    encoding: shown.encoding,
+    cost: verdict.skip === null ? verdict.priced.cost : 0,
+    country: verdict.phone.ok ? verdict.phone.country : 'ZZ',
+    skip_reason: verdict.skip,
+  };
 }
 
 export interface Quote {
@@ -154,12 +170,9 @@ export async function quoteCampaign(db: DbOrTx, c: CampaignRow): Promise<Quote> 
     if (rows.length === 0) break;
     for (const r of rows) {
       recipients++;
-      if (!r.consent_ok) continue;
-      const phone = parsePhone(r.phone);
-      if (!phone.ok || !checkNumber(phone, allowed).ok) continue;
-      const body = render(parsed, r.variables);
-      if (body.trim() === '' || messaging.characterCount(body) > messaging.MAX_BODY) continue;
-      const priced = messaging.pricePhone(phone, body, priceList);
+      const verdict = judgeRecipient(r.phone, render(parsed, r.variables), { allowed, priceList, consentOk: r.consent_ok });
+      if (verdict.skip !== null) continue;
+      const { priced } = verdict;
       const entry = byCountry.get(priced.country) ?? { recipients: 0, segments: 0, credits: 0 };
       entry.recipients++;
       entry.segments += priced.segments;
