@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { judgeRecipient } from '../src/campaigns/recipient.ts';
 import { parseTemplate, render, type Variables } from '../src/campaigns/template.ts';
 
 const renderText = (template: string, vars: Variables) => {
@@ -40,5 +41,19 @@ describe('campaign templates', () => {
         expect(out).toBe(`${before}Zed${after}`);
       }),
     );
+  });
+});
+
+describe('judgeRecipient: skipped for free, or priced (advance, quote and preview)', () => {
+  const context = { allowed: ['US', 'GB'], priceList: undefined, consentOk: true };
+  it('one row per reason, in order', () => {
+    expect(judgeRecipient('not a number', 'Hi', context).skip).toBe('invalid_number');
+    expect(judgeRecipient('+33612345678', 'Hi', context).skip).toBe('country_not_allowed');
+    expect(judgeRecipient('+14155550123', '   ', context).skip).toBe('empty_body');
+    expect(judgeRecipient('+14155550123', 'x'.repeat(1_601), context).skip).toBe('body_too_long');
+    expect(judgeRecipient('+14155550123', '😀'.repeat(1_600), context).skip).toBeNull(); // 1,600 characters, 3,200 code units
+    expect(judgeRecipient('+14155550123', 'Hi', { ...context, consentOk: false }).skip).toBe('no_consent');
+    const ok = judgeRecipient('+447400123456', 'Hi', context);
+    expect(ok.skip === null && ok.priced).toMatchObject({ country: 'GB', segments: 1, cost: 2 });
   });
 });
