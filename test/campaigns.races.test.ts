@@ -113,7 +113,7 @@ describe('throttles', () => {
 });
 
 describe('a scheduled start', () => {
-  it('waits for its time, then runs by itself; a scheduled campaign may also be started at once', async () => {
+  it('waits for its time, then runs by itself; a scheduled campaign starts early only when asked to (now: true)', async () => {
     const a = await makeAudience(p, 3, { firstPhone: 1700 });
     const soon = await createCampaign(p, a.listId, { scheduled_at: new Date(Date.now() + 3_000).toISOString() });
     const started = await campaignAction(p, soon.id, 'start');
@@ -126,7 +126,10 @@ describe('a scheduled start', () => {
     const b = await makeAudience(p, 2, { firstPhone: 1800 });
     const later = await createCampaign(p, b.listId, { scheduled_at: new Date(Date.now() + 3_600_000).toISOString() });
     expect((await campaignAction(p, later.id, 'start')).json.status).toBe('scheduled');
-    const now = await campaignAction(p, later.id, 'start');
+    // a retried start does not send it early; only an explicit now does
+    expect((await campaignAction(p, later.id, 'start')).statusCode).toBe(409);
+    const nowRes = await p.app.inject({ method: 'POST', url: `/v1/campaigns/${later.id}/start`, headers: bearer(p.tenant.workspaceKey), payload: { now: true } });
+    const now = { statusCode: nowRes.statusCode, json: nowRes.json() as Record<string, unknown> };
     expect(now.statusCode).toBe(200);
     expect(now.json.status).toBe('running');
     await waitForCampaign(p, later.id, (c) => c.status === 'completed', 20_000);

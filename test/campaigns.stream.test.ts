@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { closeApp } from '../src/http/app.ts';
 import { createCampaign, makeAudience } from './helpers/campaigns.ts';
@@ -51,4 +52,28 @@ it("an open progress stream ends when the server closes, and does not hold up th
   let text = '';
   for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += new TextDecoder().decode(chunk.value);
   expect(text).toContain('event: end\ndata: {"reason":"shutting_down"}');
+}, 30_000);
+
+it('a stream whose request was still in its look-up when the shutdown began does not hold the shutdown either', async () => {
+  // its own server: the one above has been closed
+  const q = await startPipeline({ senderMps: 1000, withWorker: false });
+  const a = await makeAudience(q, 2, { firstPhone: 7200 });
+  const { id } = await createCampaign(q, a.listId);
+  // hold the stream's first look-up (the campaign read) while the shutdown starts
+  const other = new pg.Client({ connectionString: q.tdb.url });
+  await other.connect();
+  await other.query('begin');
+  await other.query('lock table campaigns in access exclusive mode');
+  const res = fetch(`${q.apiUrl}/v1/campaigns/${id}/progress/stream`, { headers: { authorization: `Bearer ${q.tenant.workspaceKey}` } });
+  await new Promise((r) => setTimeout(r, 300));
+  const closing = closeApp(q.app).then(() => 'closed');
+  await new Promise((r) => setTimeout(r, 300)); // the shutdown's preClose has run; the stream was not registered yet
+  await other.query('commit');
+  await other.end();
+  const outcome = await Promise.race([closing, new Promise((r) => setTimeout(() => r('still open after 5 s'), 5_000))]);
+  expect(outcome).toBe('closed');
+  const text = await (await res).text();
+  expect(text).toContain('"reason":"shutting_down"');
+  await q.tdb.close();
+  await q.simulator.stop();
 }, 30_000);

@@ -1,15 +1,14 @@
 import { sql } from 'kysely';
-import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { dispatchOrganization } from '../src/messaging/index.ts';
+import { applyOptOut, dispatchOrganization, lockOrganizationDispatch } from '../src/messaging/index.ts';
 import { grantCredits, message, type Pipeline, sendViaApi, startPipeline } from './helpers/pipeline.ts';
 
 /**
  * Credits go to an organization's messages in order (the paid-for prefix of
- * a campaign, G1/G6): a dispatch run never reserves later messages while an
- * earlier one is in another run's hands. With SKIP LOCKED a second run took
- * the next batch, got the account lock first and spent the credits on it;
- * the earlier batch then found none left and was blocked.
+ * a campaign, G1/G6): its dispatch runs take turns, so a run never reserves
+ * later messages while another holds the earlier ones. Without turns a second
+ * run skipped to the next batch, got the account lock first and spent the
+ * credits on it; the earlier batch then found none left and was blocked.
  */
 let p: Pipeline;
 beforeAll(async () => {
@@ -18,8 +17,9 @@ beforeAll(async () => {
 afterAll(async () => {
   await p?.close();
 });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-it('a dispatch waits for the run holding the earlier messages instead of spending the credits past them', async () => {
+it('a dispatch run waits for the run holding the earlier messages instead of spending the credits past them', async () => {
   await grantCredits(p, 4);
   const ids: string[] = [];
   for (let i = 0; i < 5; i++) {
@@ -28,20 +28,53 @@ it('a dispatch waits for the run holding the earlier messages instead of spendin
     ids.push(res.json.id as string);
   }
   ids.sort();
-  // another dispatch run holds the first message (its batch), not yet reserved
-  const other = new pg.Client({ connectionString: p.tdb.url });
-  await other.connect();
-  await other.query('begin');
-  await other.query(`select id from messages where id = $1 for update`, [ids[0]]);
+  // another run has its turn and holds its batch (the first message), not yet reserved
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let holding!: () => void;
+  const held = new Promise<void>((r) => (holding = r));
+  const other = p.tdb.db.transaction().execute(async (trx) => {
+    await lockOrganizationDispatch(trx, p.tenant.organizationId);
+    await sql`select id from messages where id = ${ids[0]!} for update`.execute(trx);
+    holding();
+    await released;
+  });
+  await held;
   const run = dispatchOrganization(p.tdb.db, p.tenant.organizationId);
-  await new Promise((r) => setTimeout(r, 500));
-  await other.query('commit');
-  await other.end();
+  await sleep(500);
+  release();
+  await other;
   await run;
-  await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
 
   const statuses = await Promise.all(ids.map(async (id) => (await message(p, id)).status));
   expect(statuses).toEqual(['queued', 'queued', 'queued', 'queued', 'blocked']);
-  const { rows } = await sql<{ reason: string }>`select status_reason as reason from messages where id = ${ids[4]!}`.execute(p.tdb.db);
-  expect(rows[0]!.reason).toBe('insufficient_credits');
+  expect((await message(p, ids[4]!)).status_reason).toBe('insufficient_credits');
 });
+
+it('an outcome step opting out two numbers in turn and a concurrent dispatch do not deadlock', async () => {
+  await grantCredits(p, 100);
+  const phoneB = '+14155553201';
+  const phoneA = '+14155553202';
+  const b = await sendViaApi(p, { to: phoneB, body: 'to B', purpose: 'transactional' }); // lower id
+  const a = await sendViaApi(p, { to: phoneA, body: 'to A', purpose: 'transactional' }); // higher id
+  expect((b.json.id as string) < (a.json.id as string)).toBe(true);
+  const scope = { organizationId: p.tenant.organizationId, workspaceId: p.tenant.workspaceId };
+  let dispatchRun: Promise<string> | undefined;
+  // as send.ts records 21610 answers: one applyOptOut per number, in the batch's order, in one transaction
+  const outcome = p.tdb.db
+    .transaction()
+    .execute(async (trx) => {
+      await applyOptOut(trx, { ...scope, phone: phoneA, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
+      dispatchRun = dispatchOrganization(p.tdb.db, p.tenant.organizationId).then(
+        () => 'ok',
+        (e: Error) => `dispatch failed: ${e.message}`,
+      );
+      await sleep(300);
+      await applyOptOut(trx, { ...scope, phone: phoneB, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
+    })
+    .then(
+      () => 'ok',
+      (e: Error) => `outcome failed: ${e.message}`,
+    );
+  expect([await outcome, await dispatchRun]).toEqual(['ok', 'ok']);
+}, 30_000);

@@ -9,9 +9,6 @@ import { type CampaignRow, findCampaign } from './campaigns.store.ts';
 import { judgeRecipient } from './recipient.ts';
 import { parseTemplate, render } from './template.ts';
 
-/** A step due within this is run now (the job's time is the database's clock, the check this process's). */
-const CLOCK_SLACK_MS = 50;
-
 /** Recipients turned into messages per advance step (without a throttle). */
 export const ADVANCE_BATCH = 1_000;
 
@@ -62,9 +59,13 @@ export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId:
     if (c === undefined || c.status !== 'running' || c.audience_size === null) return { created: 0, done: true };
     // Too early for a throttled step (a resume, or the sweep's restart, asks for one at once): the
     // step waits for its time, so neither makes the campaign go faster than its throttle.
-    if (c.next_advance_at !== null && c.next_advance_at.getTime() - Date.now() > CLOCK_SLACK_MS) {
-      await scheduleAdvance(trx, c.id, c.next_advance_at);
-      return { created: 0, done: false };
+    // On the database's clock, as the job's run_at (a worker's clock behind it looped here).
+    if (c.next_advance_at !== null) {
+      const { rows } = await sql<{ early: boolean }>`select ${c.next_advance_at}::timestamptz > now() + interval '50 milliseconds' as early`.execute(trx);
+      if (rows[0]?.early === true) {
+        await scheduleAdvance(trx, c.id, c.next_advance_at);
+        return { created: 0, done: false };
+      }
     }
     const perSecond = c.throttle_mps;
     const step = perSecond === null ? undefined : throttleStep(perSecond);
@@ -91,11 +92,12 @@ export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId:
       await messaging.scheduleDispatch(trx, c.organization_id, { runAt: new Date(lastDue + 50) });
     }
     const last = recipients.at(-1)!.seq;
-    const next = step === undefined ? null : new Date(Date.now() + step.everyMs);
-    await sql`update campaigns set cursor = ${last}, next_advance_at = ${next}, updated_at = now() where id = ${c.id}`.execute(trx);
+    const { rows: moved } = await sql<{ next: Date | null }>`update campaigns set cursor = ${last}, updated_at = now(),
+        next_advance_at = ${step === undefined ? null : step.everyMs}::int * interval '1 millisecond' + now()
+      where id = ${c.id} returning next_advance_at as next`.execute(trx);
     const done = last >= c.audience_size;
     if (done) await scheduleCheck(trx, c.id);
-    else await scheduleAdvance(trx, c.id, next ?? undefined);
+    else await scheduleAdvance(trx, c.id, moved[0]?.next ?? undefined);
     orgToWake = c.organization_id;
     return { created: created.length, done };
   });

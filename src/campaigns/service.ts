@@ -86,13 +86,18 @@ async function begin(trx: Tx, c: CampaignRow, actor: string): Promise<CampaignRo
   return started;
 }
 
-export async function startCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
+/**
+ * Start a draft, or schedule it when its scheduled_at is ahead. `now` starts
+ * a draft or a scheduled campaign at once (a scheduled one's start job then
+ * finds it running); without it a second start of a scheduled campaign is a
+ * 409, so that a retried request never sends tomorrow's campaign today.
+ */
+export async function startCampaign(db: Db, scope: Scope, id: string, actor: string, options: { now?: boolean } = {}): Promise<CampaignRow> {
   return db.transaction().execute(async (trx) => {
     const c = await campaignInScope(trx, scope, id, { lock: true });
-    // a scheduled campaign may be started before its time: now (its start job then finds it running)
-    if (c.status === 'scheduled') return begin(trx, c, actor);
+    if (c.status === 'scheduled' && options.now === true) return begin(trx, c, actor);
     if (c.status !== 'draft') throw conflict(c, 'started');
-    if (c.scheduled_at !== null && c.scheduled_at.getTime() > Date.now()) {
+    if (c.scheduled_at !== null && c.scheduled_at.getTime() > Date.now() && options.now !== true) {
       const scheduled = await applyCampaignEvent(trx, c.id, 'schedule', { actor });
       await addJob(trx, 'campaign_start', { campaignId: c.id }, { runAt: c.scheduled_at, jobKey: `campaign_start:${c.id}`, maxAttempts: 25 });
       return scheduled!;

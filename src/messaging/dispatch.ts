@@ -65,6 +65,11 @@ export async function enqueueSends(trx: Tx, ids: readonly string[], runAt?: Date
   await addJobs(trx, 'send', payloads, { maxAttempts: 10, ...(runAt && { runAt }) });
 }
 
+/** One dispatch batch of an organization at a time, in every process: the caller's transaction holds its turn until it ends. */
+export async function lockOrganizationDispatch(trx: Tx, organizationId: string): Promise<void> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${`dispatch:${organizationId}`}, 0))`.execute(trx);
+}
+
 export interface DispatchReport {
   queued: number;
   blocked: number;
@@ -85,16 +90,19 @@ export async function dispatchOrganization(
   options: { includeBlocked?: boolean } = {},
 ): Promise<DispatchReport> {
   const report: DispatchReport = { queued: 0, blocked: 0, skipped: 0, deferred: 0, batches: 0 };
-  // Batches are taken in id order and wait for rows another run holds (not SKIP LOCKED): credits
-  // go to an organization's messages in order, the paid-for prefix of a campaign. Skipping, a
-  // second run took the next batch, could reach the account lock first and spend the credits
-  // past the first run's batch, which was then blocked (test/dispatch.order.test.ts). Runs of
-  // one organization take turns; the ledger's account lock serialised their reservations anyway.
+  // An organization's runs take turns, one batch at a time (lockOrganizationDispatch): credits go
+  // to its messages in id order, the paid-for prefix of a campaign. Without turns a second run
+  // skipped to the next batch, could reach the account lock first and spend the credits past
+  // the first run's batch, which was then blocked (test/dispatch.order.test.ts); the ledger's
+  // account lock serialised their reservations anyway. Rows other transactions hold (a pause,
+  // an opt-out) are still skipped, not waited for: waiting in id order deadlocked with an
+  // outcome step opting out several numbers, each of whose messages it locked in turn.
   // Blocked messages are looked at once per call (after a purchase, an unfreeze): a batch that
   // still cannot go must not be picked up again in the same call.
   let blockedAfter = '';
   for (;;) {
     const { rows: more } = await db.transaction().execute(async (trx) => {
+      await lockOrganizationDispatch(trx, organizationId);
       const { rows } = await sql<Candidate>`
         select m.*, ${ruleColumns('dispatch')} from messages m join workspaces w on w.id = m.workspace_id
         where m.organization_id = ${organizationId}
@@ -105,7 +113,7 @@ export async function dispatchOrganization(
           )
         order by m.id
         limit ${DISPATCH_BATCH}
-        for update of m`.execute(trx);
+        for update of m skip locked`.execute(trx);
       if (rows.length === 0) return { rows };
       report.batches++;
       const lastBlocked = rows.filter((r) => r.status === 'blocked').at(-1);

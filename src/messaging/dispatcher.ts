@@ -15,7 +15,7 @@ const CHANNEL = DISPATCH_CHANNEL;
  * worker process listens and dispatches that organization, at most one run
  * at a time per organization and process, with one more run if notified
  * meanwhile. Runs in several processes take an organization's batches in
- * turn (dispatch.ts: in id order, waiting for each other's rows).
+ * turn (dispatch.ts, lockOrganizationDispatch).
  * Missed notifications are covered by the `sweep` job every minute.
  */
 export async function notifyDispatch(trx: DbOrTx, organizationId: string): Promise<void> {

@@ -3,7 +3,7 @@ export { type BreakerState, CLOSED as BREAKER_CLOSED } from './breaker.ts';
 export { CARRIER_ERRORS, classifyCarrierError, type ErrorClass } from './carrierErrors.ts';
 export { type Dispatcher, notifyDispatch, startDispatcher } from './dispatcher.ts';
 export { type Capturer, drainCaptures, startCapturer } from './captures.ts';
-export { DISPATCH_BATCH, type DispatchReport, dispatchOrganization, enqueueSends, SEND_BATCH } from './dispatch.ts';
+export { DISPATCH_BATCH, type DispatchReport, dispatchOrganization, enqueueSends, lockOrganizationDispatch, SEND_BATCH } from './dispatch.ts';
 export {
   type ApiMessageInput,
   characterCount,

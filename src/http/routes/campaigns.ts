@@ -159,7 +159,27 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
       },
     );
 
-    const action = (name: 'start' | 'pause' | 'resume' | 'cancel', summary: string) =>
+    app.post(
+      '/v1/campaigns/:id/start',
+      {
+        preValidation: bodyMayBeAbsent,
+        schema: {
+          tags: ['campaigns'],
+          summary:
+            'Start, or schedule if scheduled_at is ahead (a second start of a scheduled campaign is a 409, as a retry must not send it early); `now: true` starts a draft or a scheduled campaign at once. The audience is snapshotted into numbered recipients',
+          params: Params,
+          querystring: NoQuery,
+          body: Type.Object({ now: Type.Optional(Type.Boolean({ description: 'start at once, whatever scheduled_at says' })) }, { additionalProperties: false }),
+          response: { 200: Campaign },
+        },
+      },
+      async (request) => {
+        const actor = actorOf(request);
+        const { scope } = await visible(deps, actor.principal, request.params.id);
+        return toApi(await campaigns.startCampaign(db, scope, request.params.id, actor.principal.keyId, { now: request.body.now === true }));
+      },
+    );
+    const action = (name: 'pause' | 'resume' | 'cancel', summary: string) =>
       app.post(
         `/v1/campaigns/:id/${name}`,
         {
@@ -169,11 +189,10 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         async (request) => {
           const actor = actorOf(request);
           const { scope } = await visible(deps, actor.principal, request.params.id);
-          const fn = { start: campaigns.startCampaign, pause: campaigns.pauseCampaign, resume: campaigns.resumeCampaign, cancel: campaigns.cancelCampaign }[name];
+          const fn = { pause: campaigns.pauseCampaign, resume: campaigns.resumeCampaign, cancel: campaigns.cancelCampaign }[name];
           return toApi(await fn(db, scope, request.params.id, actor.principal.keyId));
         },
       );
-    action('start', 'Start (or schedule, if scheduled_at is ahead; a scheduled campaign starts now): the audience is snapshotted into numbered recipients');
     action('pause', 'Pause: takes effect before the next claim; nothing not yet handed to the carrier is sent');
     action('resume', 'Resume from the message rows: nothing is created or sent twice');
     action('cancel', 'Cancel: everything not yet sent is skipped and its credits released');
@@ -222,7 +241,9 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
 
     // open streams end when the server closes (a graceful shutdown waited for their viewers to leave)
     const streams = new Set<() => void>();
+    let shuttingDown = false;
     app.addHook('preClose', async () => {
+      shuttingDown = true;
       for (const stop of streams) stop();
     });
 
@@ -252,6 +273,8 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           wake?.();
         };
         streams.add(stop);
+        // a request still in its look-up when the shutdown began was not there to be stopped
+        if (shuttingDown) stop();
         const id = campaign.id;
         try {
           for (let n = 0; !gone(); n++) {
