@@ -59,9 +59,10 @@ export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId:
     if (c === undefined || c.status !== 'running' || c.audience_size === null) return { created: 0, done: true };
     // Too early for a throttled step (a resume, or the sweep's restart, asks for one at once): the
     // step waits for its time, so neither makes the campaign go faster than its throttle.
-    // On the database's clock, as the job's run_at (a worker's clock behind it looped here).
+    // On the database's clock, as the job's run_at (a worker's clock behind it looped here), and
+    // its time now: now() is the transaction's start, before any wait for the campaign row.
     if (c.next_advance_at !== null) {
-      const { rows } = await sql<{ early: boolean }>`select ${c.next_advance_at}::timestamptz > now() + interval '50 milliseconds' as early`.execute(trx);
+      const { rows } = await sql<{ early: boolean }>`select ${c.next_advance_at}::timestamptz > clock_timestamp() + interval '50 milliseconds' as early`.execute(trx);
       if (rows[0]?.early === true) {
         await scheduleAdvance(trx, c.id, c.next_advance_at);
         return { created: 0, done: false };
@@ -93,7 +94,7 @@ export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId:
     }
     const last = recipients.at(-1)!.seq;
     const { rows: moved } = await sql<{ next: Date | null }>`update campaigns set cursor = ${last}, updated_at = now(),
-        next_advance_at = ${step === undefined ? null : step.everyMs}::int * interval '1 millisecond' + now()
+        next_advance_at = ${step === undefined ? null : step.everyMs}::int * interval '1 millisecond' + clock_timestamp()
       where id = ${c.id} returning next_advance_at as next`.execute(trx);
     const done = last >= c.audience_size;
     if (done) await scheduleCheck(trx, c.id);

@@ -1,6 +1,6 @@
 import { sql } from 'kysely';
 import { audienceQuery } from '../contacts/index.ts';
-import type { Db, DbOrTx, Tx } from '../db/db.ts';
+import { type Db, type DbOrTx, transactionRetrying, type Tx } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import * as messaging from '../messaging/index.ts';
 import { DomainError, notFound, validationError } from '../shared/errors.ts';
@@ -115,7 +115,7 @@ export async function startScheduled(db: Db, campaignId: string): Promise<void> 
 }
 
 export async function pauseCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
-  return db.transaction().execute(async (trx) => {
+  return transactionRetrying(db, async (trx) => {
     const c = await campaignInScope(trx, scope, id);
     const paused = await messaging.pauseCampaigns(trx, [id], 'manual', actor);
     if (paused.length === 0) throw conflict(c, 'paused');
@@ -124,7 +124,7 @@ export async function pauseCampaign(db: Db, scope: Scope, id: string, actor: str
 }
 
 export async function resumeCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
-  return db.transaction().execute(async (trx) => {
+  return transactionRetrying(db, async (trx) => {
     const c = await campaignInScope(trx, scope, id);
     const resumed = await resumeInTx(trx, c.id, actor);
     if (resumed === undefined) throw conflict(c, 'resumed');
@@ -181,7 +181,7 @@ async function resumePausedFor(
  * message rows first (the lock order every campaign transaction follows).
  */
 export async function cancelCampaign(db: Db, scope: Scope, id: string, actor: string): Promise<CampaignRow> {
-  return db.transaction().execute(async (trx) => {
+  return transactionRetrying(db, async (trx) => {
     const c = await campaignInScope(trx, scope, id);
     if (c.status === 'completed' || c.status === 'cancelled') throw conflict(c, 'cancelled');
     const { rows } = await sql<messaging.MessageRow>`select * from messages where campaign_id = ${id}

@@ -61,6 +61,28 @@ export const codeOf = (err: unknown): string | undefined => {
   return typeof code === 'string' ? code : undefined;
 };
 
+/** SQLSTATEs after which the whole transaction rolled back and may simply run again: deadlock, serialization failure. */
+const ROLLED_BACK_WHOLE = new Set(['40P01', '40001']);
+
+/**
+ * A transaction run again (up to `tries` times in all) when PostgreSQL rolled
+ * it back whole for a deadlock or a serialization failure. For the short,
+ * user-facing transactions that lock many message rows (a campaign's pause,
+ * cancel): an outcome step locks its batch's rows in its own order, and when
+ * the two meet PostgreSQL aborts one after deadlock_timeout; the user's
+ * action then waits a second instead of failing with a 500.
+ */
+export async function transactionRetrying<T>(db: Db, fn: (trx: Tx) => Promise<T>, tries = 3): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await db.transaction().execute(fn);
+    } catch (err) {
+      const code = codeOf(err);
+      if (code === undefined || !ROLLED_BACK_WHOLE.has(code) || attempt >= tries) throw err;
+    }
+  }
+}
+
 /**
  * The server is not there (yet): stopped, starting up, shutting down, or
  * nothing listening on its port or at its Unix socket. Waiting may mend it;

@@ -1,0 +1,84 @@
+import { sql } from 'kysely';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { advanceCampaign } from '../src/campaigns/advance.ts';
+import { cancelCampaign, pauseCampaign } from '../src/campaigns/service.ts';
+import { applyOptOut } from '../src/messaging/index.ts';
+import { silentLog } from './helpers/app.ts';
+import { campaignAction, createCampaign, makeAudience } from './helpers/campaigns.ts';
+import { grantCredits, type Pipeline, startPipeline } from './helpers/pipeline.ts';
+
+/**
+ * Campaign transactions that meet the send path's locks (a review found
+ * both, 2026-11-24): a user's pause or cancel against an outcome step that
+ * locks several numbers' messages in turn (a deadlock: the pause is run
+ * again, not failed), and a throttled step that waited for its campaign's
+ * row (its next step is timed from when it ran, not from when it began).
+ */
+let p: Pipeline;
+beforeAll(async () => {
+  p = await startPipeline({ senderMps: 1000, withWorker: false });
+  await grantCredits(p, 100);
+});
+afterAll(async () => {
+  await p?.close();
+});
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+for (const action of ['pause', 'cancel'] as const) {
+  it(`a ${action} that meets an outcome step opting out two numbers in turn succeeds (it failed: deadlock detected)`, async () => {
+    const a = await makeAudience(p, 2, { firstPhone: action === 'pause' ? 4100 : 4200 });
+    const { id } = await createCampaign(p, a.listId);
+    expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
+    await advanceCampaign({ db: p.tdb.db, log: silentLog }, id); // seq 1 (phones[0]) gets the lower id
+    const { rows: ms } = await sql<{ to_number: string }>`select to_number from messages where campaign_id = ${id} order by id`.execute(p.tdb.db);
+    const [phoneB, phoneA] = ms.map((m) => m.to_number) as [string, string]; // B's message has the lower id
+    const scope = { organizationId: p.tenant.organizationId, workspaceId: p.tenant.workspaceId };
+    let other: Promise<string> | undefined;
+    // send.ts's outcome step: one applyOptOut per 21610 number, in the batch's order (A first: its waiting message has the higher id)
+    const outcome = p.tdb.db
+      .transaction()
+      .execute(async (trx) => {
+        await applyOptOut(trx, { ...scope, phone: phoneA, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
+        other = (action === 'pause' ? pauseCampaign : cancelCampaign)(p.tdb.db, scope, id, 'user').then(
+          () => 'ok',
+          (e: Error) => `${action} failed: ${e.message}`,
+        );
+        await sleep(300);
+        await applyOptOut(trx, { ...scope, phone: phoneB, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
+      })
+      .then(
+        () => 'ok',
+        (e: Error) => `outcome failed: ${e.message}`,
+      );
+    expect([await outcome, await other]).toEqual(['ok', 'ok']);
+  }, 30_000);
+}
+
+it('a throttled step that waited for the campaign row does not let the next step run at once', async () => {
+  const a = await makeAudience(p, 5, { firstPhone: 4300 });
+  const { id } = await createCampaign(p, a.listId, { throttle_mps: 1 });
+  expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
+  const deps = { db: p.tdb.db, log: silentLog };
+  expect((await advanceCampaign(deps, id)).created).toBe(1);
+  await sleep(1_100);
+  // something holds the campaign row for a while (a pause, a purchase's resume, a dispatch pausing it)
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let holding!: () => void;
+  const held = new Promise<void>((r) => (holding = r));
+  const holder = p.tdb.db.transaction().execute(async (trx) => {
+    await sql`select id from campaigns where id = ${id} for update`.execute(trx);
+    holding();
+    await released;
+  });
+  await held;
+  const step2 = advanceCampaign(deps, id);
+  await sleep(1_500);
+  release();
+  await holder;
+  expect((await step2).created).toBe(1);
+  // the next step is 1 s after this one, not at once
+  const { rows } = await sql<{ ahead_ms: number }>`select (extract(epoch from next_advance_at - clock_timestamp()) * 1000)::int as ahead_ms from campaigns where id = ${id}`.execute(p.tdb.db);
+  expect(rows[0]!.ahead_ms).toBeGreaterThan(500);
+  expect((await advanceCampaign(deps, id)).created).toBe(0);
+}, 30_000);
