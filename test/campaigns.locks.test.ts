@@ -5,7 +5,7 @@ import { cancelCampaign, pauseCampaign } from '../src/campaigns/service.ts';
 import { applyOptOut } from '../src/messaging/index.ts';
 import { silentLog } from './helpers/app.ts';
 import { campaignAction, createCampaign, makeAudience } from './helpers/campaigns.ts';
-import { grantCredits, type Pipeline, startPipeline } from './helpers/pipeline.ts';
+import { eventually, grantCredits, type Pipeline, startPipeline } from './helpers/pipeline.ts';
 
 /**
  * Campaign transactions that meet the send path's locks (a review found
@@ -81,4 +81,39 @@ it('a throttled step that waited for the campaign row does not let the next step
   const { rows } = await sql<{ ahead_ms: number }>`select (extract(epoch from next_advance_at - clock_timestamp()) * 1000)::int as ahead_ms from campaigns where id = ${id}`.execute(p.tdb.db);
   expect(rows[0]!.ahead_ms).toBeGreaterThan(500);
   expect((await advanceCampaign(deps, id)).created).toBe(0);
+  await campaignAction(p, id, 'cancel'); // its messages would compete for the next test's credits
 }, 30_000);
+
+it("credits that arrive go to the campaign's oldest blocked messages before any it creates after the resume (the paid-for prefix)", async () => {
+  const audience = await makeAudience(p, 1_005, { firstPhone: 5000 });
+  const { id } = await createCampaign(p, audience.listId);
+  const deps = { db: p.tdb.db, log: silentLog };
+  // spend all but 3 of the organization's credits
+  const { rows: acct } = await sql<{ available: number }>`select (allowance_available + purchased_available)::int as available from credit_accounts
+    where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+  const credits = await import('../src/credits/index.ts');
+  await credits.adjust(p.tdb.db, { organizationId: p.tenant.organizationId, amount: -(acct[0]!.available - 3), reason: 'test', idempotencyKey: `spend-prefix-${id}`, actor: { type: 'system', id: 'test' } });
+  expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
+  await advanceCampaign(deps, id); // recipients 1–1,000
+  const messaging = await import('../src/messaging/index.ts');
+  await messaging.dispatchOrganization(p.tdb.db, p.tenant.organizationId); // 1–3 paid, the rest blocked: paused for credits
+  const { rows: paused } = await sql<{ status: string }>`select status from campaigns where id = ${id}`.execute(p.tdb.db);
+  expect(paused[0]!.status).toBe('paused');
+  // 3 more credits arrive: the campaign resumes
+  await p.tdb.db.transaction().execute(async (trx) => {
+    await credits.grant(trx, { organizationId: p.tenant.organizationId, amount: 3, idempotencyKey: `grant-prefix-${id}`, actor: { type: 'system', id: 'test' } });
+    const { resumeCampaignsForCredits } = await import('../src/campaigns/service.ts');
+    await resumeCampaignsForCredits(trx, p.tenant.organizationId, 'test');
+  });
+  // the resumed advance and an ordinary dispatch run come before the dispatch of the blocked ones
+  await advanceCampaign(deps, id);
+  await messaging.dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+  await messaging.dispatchOrganization(p.tdb.db, p.tenant.organizationId, { includeBlocked: true });
+  // (the pipeline's own dispatcher may be finishing a run of its own: wait for the six)
+  const paid = await eventually(async () => {
+    const { rows } = await sql<{ seq: number }>`select split_part(dedupe_key, ':', 3)::int as seq from messages
+      where campaign_id = ${id} and reservation_id is not null order by 1`.execute(p.tdb.db);
+    return rows.length >= 6 ? rows.map((r) => r.seq) : undefined;
+  }, 15_000, 'six paid messages');
+  expect(paid).toEqual([1, 2, 3, 4, 5, 6]);
+}, 60_000);

@@ -9,6 +9,9 @@ import { type CampaignRow, findCampaign } from './campaigns.store.ts';
 import { judgeRecipient } from './recipient.ts';
 import { parseTemplate, render } from './template.ts';
 
+/** How soon a step that found the campaign's messages blocked for credits looks again. */
+const BLOCKED_RECHECK_MS = 1_000;
+
 /** Recipients turned into messages per advance step (without a throttle). */
 export const ADVANCE_BATCH = 1_000;
 
@@ -67,6 +70,17 @@ export async function advanceCampaign(deps: { db: Db; log: Logger }, campaignId:
         await scheduleAdvance(trx, c.id, c.next_advance_at);
         return { created: 0, done: false };
       }
+    }
+    // Messages of this campaign still blocked for credits go first: credits that arrive pay for
+    // them before any message created after the resume (the paid-for prefix; a step created
+    // the next recipients, an ordinary dispatch run paid for those, and the older ones stayed
+    // blocked). The step waits for the blocked ones' dispatch, which it asks for itself.
+    const { rows: blocked } = await sql<{ any: boolean }>`select exists (select 1 from messages where campaign_id = ${c.id}
+      and status = 'blocked' and status_reason in ('insufficient_credits', 'debt_outstanding')) as any`.execute(trx);
+    if (blocked[0]?.any === true) {
+      await messaging.scheduleDispatch(trx, c.organization_id, { includeBlocked: true });
+      await scheduleAdvance(trx, c.id, new Date(Date.now() + BLOCKED_RECHECK_MS));
+      return { created: 0, done: false };
     }
     const perSecond = c.throttle_mps;
     const step = perSecond === null ? undefined : throttleStep(perSecond);
