@@ -116,4 +116,26 @@ it("credits that arrive go to the campaign's oldest blocked messages before any 
     return rows.length >= 6 ? rows.map((r) => r.seq) : undefined;
   }, 15_000, 'six paid messages');
   expect(paid).toEqual([1, 2, 3, 4, 5, 6]);
+  await campaignAction(p, id, 'cancel');
 }, 60_000);
+
+it('a campaign resumed by hand without credits pauses again at the dispatch of its blocked messages (its advance waits for them)', async () => {
+  const audience = await makeAudience(p, 5, { firstPhone: 6100 });
+  const { id } = await createCampaign(p, audience.listId);
+  const deps = { db: p.tdb.db, log: silentLog };
+  const credits = await import('../src/credits/index.ts');
+  const messaging = await import('../src/messaging/index.ts');
+  const { rows: acct } = await sql<{ available: number }>`select (allowance_available + purchased_available)::int as available from credit_accounts
+    where organization_id = ${p.tenant.organizationId}`.execute(p.tdb.db);
+  await credits.adjust(p.tdb.db, { organizationId: p.tenant.organizationId, amount: -(acct[0]!.available - 2), reason: 'test', idempotencyKey: `spend-resume-${id}`, actor: { type: 'system', id: 'test' } });
+  expect((await campaignAction(p, id, 'start')).statusCode).toBe(200);
+  await advanceCampaign(deps, id);
+  await messaging.dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+  const status = async () => (await sql<{ status: string; pause_reason: string | null }>`select status, pause_reason from campaigns where id = ${id}`.execute(p.tdb.db)).rows[0]!;
+  expect(await status()).toEqual({ status: 'paused', pause_reason: 'insufficient_credits' });
+  expect((await campaignAction(p, id, 'resume')).statusCode).toBe(200);
+  expect((await advanceCampaign(deps, id)).created).toBe(0); // waits for the blocked ones
+  await messaging.dispatchOrganization(p.tdb.db, p.tenant.organizationId, { includeBlocked: true });
+  expect(await status()).toEqual({ status: 'paused', pause_reason: 'insufficient_credits' });
+  await campaignAction(p, id, 'cancel');
+}, 30_000);

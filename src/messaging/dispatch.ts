@@ -126,6 +126,7 @@ export async function dispatchOrganization(
 
       const toReserve: Candidate[] = [];
       const toBlock: { id: string; patch: store.Patch }[] = [];
+      const stillBlocked: { id: string; reason: string }[] = [];
       const toSkip: { id: string; patch: store.Patch }[] = [];
       const toDefer: { id: string; patch: store.Patch; until: Date }[] = [];
       const now = new Date();
@@ -137,6 +138,7 @@ export async function dispatchOrganization(
             toReserve.push(m);
             break;
           case 'block':
+            stillBlocked.push({ id: m.id, reason: d.reason });
             if (m.status !== 'blocked' || m.status_reason !== d.reason) toBlock.push({ id: m.id, patch: { reason: d.reason } });
             break;
           case 'skip':
@@ -193,6 +195,7 @@ export async function dispatchOrganization(
         await store.applyEvent(trx, 'reserved', reserved);
         for (const nr of result.not_reserved) {
           const m = byId.get(nr.message_id);
+          if (m) stillBlocked.push({ id: m.id, reason: nr.reason });
           if (m && (m.status !== 'blocked' || m.status_reason !== nr.reason)) toBlock.push({ id: m.id, patch: { reason: nr.reason } });
         }
         await enqueueSends(
@@ -214,8 +217,12 @@ export async function dispatchOrganization(
         subscription_inactive: 'subscription_inactive',
       } as const;
       for (const [reason, pause] of Object.entries(pauseFor)) {
+        // newly blocked, or blocked before and still (a campaign resumed without credits: its
+        // advance waits for these, so it is this run that pauses it again)
         const campaigns = new Set(
-          toBlock.filter((b) => b.patch.reason === reason).flatMap((b) => byId.get(b.id)?.campaign_id ?? []),
+          [...toBlock.map((b) => ({ id: b.id, reason: b.patch.reason })), ...stillBlocked]
+            .filter((b) => b.reason === reason)
+            .flatMap((b) => byId.get(b.id)?.campaign_id ?? []),
         );
         // no row locks here: this transaction already holds the account lock, and
         // every one of these reasons is re-checked (or allowed) at claim anyway
