@@ -2,10 +2,9 @@ import { sql } from 'kysely';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { advanceCampaign } from '../src/campaigns/advance.ts';
 import { cancelCampaign, pauseCampaign } from '../src/campaigns/service.ts';
-import { applyOptOut } from '../src/messaging/index.ts';
 import { silentLog } from './helpers/app.ts';
 import { campaignAction, createCampaign, makeAudience } from './helpers/campaigns.ts';
-import { eventually, grantCredits, type Pipeline, startPipeline } from './helpers/pipeline.ts';
+import { eventually, grantCredits, optOutTwoInTurn, type Pipeline, startPipeline } from './helpers/pipeline.ts';
 
 /**
  * Campaign transactions that meet the send path's locks (a review found
@@ -33,24 +32,9 @@ for (const action of ['pause', 'cancel'] as const) {
     const { rows: ms } = await sql<{ to_number: string }>`select to_number from messages where campaign_id = ${id} order by id`.execute(p.tdb.db);
     const [phoneB, phoneA] = ms.map((m) => m.to_number) as [string, string]; // B's message has the lower id
     const scope = { organizationId: p.tenant.organizationId, workspaceId: p.tenant.workspaceId };
-    let other: Promise<string> | undefined;
-    // send.ts's outcome step: one applyOptOut per 21610 number, in the batch's order (A first: its waiting message has the higher id)
-    const outcome = p.tdb.db
-      .transaction()
-      .execute(async (trx) => {
-        await applyOptOut(trx, { ...scope, phone: phoneA, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
-        other = (action === 'pause' ? pauseCampaign : cancelCampaign)(p.tdb.db, scope, id, 'user').then(
-          () => 'ok',
-          (e: Error) => `${action} failed: ${e.message}`,
-        );
-        await sleep(300);
-        await applyOptOut(trx, { ...scope, phone: phoneB, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
-      })
-      .then(
-        () => 'ok',
-        (e: Error) => `outcome failed: ${e.message}`,
-      );
-    expect([await outcome, await other]).toEqual(['ok', 'ok']);
+    // A first: its waiting message has the higher id
+    const act = action === 'pause' ? pauseCampaign : cancelCampaign;
+    expect(await optOutTwoInTurn(p, phoneA, phoneB, () => act(p.tdb.db, scope, id, 'user'))).toEqual(['ok', 'ok']);
   }, 30_000);
 }
 

@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { applyOptOut, dispatchOrganization, lockOrganizationDispatch } from '../src/messaging/index.ts';
-import { grantCredits, message, type Pipeline, sendViaApi, startPipeline } from './helpers/pipeline.ts';
+import { dispatchOrganization, lockOrganizationDispatch } from '../src/messaging/index.ts';
+import { grantCredits, message, optOutTwoInTurn, type Pipeline, sendViaApi, startPipeline } from './helpers/pipeline.ts';
 
 /**
  * Credits go to an organization's messages in order (the paid-for prefix of
@@ -58,23 +58,6 @@ it('an outcome step opting out two numbers in turn and a concurrent dispatch do 
   const b = await sendViaApi(p, { to: phoneB, body: 'to B', purpose: 'transactional' }); // lower id
   const a = await sendViaApi(p, { to: phoneA, body: 'to A', purpose: 'transactional' }); // higher id
   expect((b.json.id as string) < (a.json.id as string)).toBe(true);
-  const scope = { organizationId: p.tenant.organizationId, workspaceId: p.tenant.workspaceId };
-  let dispatchRun: Promise<string> | undefined;
-  // as send.ts records 21610 answers: one applyOptOut per number, in the batch's order, in one transaction
-  const outcome = p.tdb.db
-    .transaction()
-    .execute(async (trx) => {
-      await applyOptOut(trx, { ...scope, phone: phoneA, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
-      dispatchRun = dispatchOrganization(p.tdb.db, p.tenant.organizationId).then(
-        () => 'ok',
-        (e: Error) => `dispatch failed: ${e.message}`,
-      );
-      await sleep(300);
-      await applyOptOut(trx, { ...scope, phone: phoneB, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
-    })
-    .then(
-      () => 'ok',
-      (e: Error) => `outcome failed: ${e.message}`,
-    );
-  expect([await outcome, await dispatchRun]).toEqual(['ok', 'ok']);
+  // as send.ts records 21610 answers, A (the higher id) first
+  expect(await optOutTwoInTurn(p, phoneA, phoneB, () => dispatchOrganization(p.tdb.db, p.tenant.organizationId))).toEqual(['ok', 'ok']);
 }, 30_000);

@@ -5,7 +5,7 @@ import { createStripePayments, DEFAULT_CATALOG } from '../../src/payments/index.
 import { type PaymentsSimulator, startPaymentsSimulator } from '../../src/payments/simulator/index.ts';
 import { closeApp } from '../../src/http/app.ts';
 import { buildTaskList, startWorker, type WorkerHandle } from '../../src/jobs/index.ts';
-import { type Capturer, type Dispatcher, type MessageRow, type SendDeps, startCapturer, startDispatcher } from '../../src/messaging/index.ts';
+import { applyOptOut, type Capturer, type Dispatcher, type MessageRow, type SendDeps, startCapturer, startDispatcher } from '../../src/messaging/index.ts';
 import { type Tenant, bearer, buildTestApp, createTenant, operatorKey, silentLog, type TestApp } from './app.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 
@@ -229,4 +229,28 @@ export async function spawnWorker(p: Pipeline, home: string, env: Record<string,
     LOG_LEVEL: 'info',
     ...env,
   });
+}
+
+/**
+ * What send.ts's outcome step does with two 21610 answers: one applyOptOut
+ * per number, in the batch's order, in one transaction, with `during`
+ * started between the two (it then meets rows the first holds while the
+ * second waits for rows it may hold). Resolves with how each ended: 'ok' or
+ * the error's message.
+ */
+export async function optOutTwoInTurn(p: Pipeline, first: string, second: string, during: () => Promise<unknown>): Promise<[string, string]> {
+  const scope = { organizationId: p.tenant.organizationId, workspaceId: p.tenant.workspaceId };
+  const optOut = (trx: Parameters<typeof applyOptOut>[0], phone: string) =>
+    applyOptOut(trx, { ...scope, phone, source: 'carrier_opt_out', evidence: {}, actor: 'carrier', deferRelease: true });
+  const settle = (run: Promise<unknown>) => run.then(() => 'ok', (e: Error) => e.message);
+  let other: Promise<string> | undefined;
+  const outcome = settle(
+    p.tdb.db.transaction().execute(async (trx) => {
+      await optOut(trx, first);
+      other = settle(during());
+      await new Promise((r) => setTimeout(r, 300));
+      await optOut(trx, second);
+    }),
+  );
+  return [await outcome, await other!];
 }
