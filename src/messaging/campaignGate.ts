@@ -46,6 +46,10 @@ export async function pauseCampaigns(
     with p as (
       update campaigns c set status = 'paused', pause_reason = ${reason}, updated_at = now()
       where id = any(${[...campaignIds]}::text[])
+        -- a gate that has reopened since the caller decided (its reopening resumed the campaign
+        -- already): no pause, which nothing would lift
+        and (${reason} <> 'workspace_disabled' or exists (select 1 from workspaces w where w.id = c.workspace_id and not w.sms_enabled))
+        and (${reason} <> 'subscription_inactive' or not credence_subscription_ok(c.organization_id))
         and (status = 'running'
           -- a campaign that paused itself for credits still sends its paid-for prefix: a manual pause stops that too
           or (${reason} = 'manual' and status = 'paused' and pause_reason = 'insufficient_credits'))

@@ -138,7 +138,7 @@ export async function dispatchOrganization(
             toReserve.push(m);
             break;
           case 'block':
-            stillBlocked.push({ id: m.id, reason: d.reason });
+            if (d.reason === 'debt_outstanding') stillBlocked.push({ id: m.id, reason: d.reason });
             if (m.status !== 'blocked' || m.status_reason !== d.reason) toBlock.push({ id: m.id, patch: { reason: d.reason } });
             break;
           case 'skip':
@@ -217,8 +217,11 @@ export async function dispatchOrganization(
         subscription_inactive: 'subscription_inactive',
       } as const;
       for (const [reason, pause] of Object.entries(pauseFor)) {
-        // newly blocked, or blocked before and still (a campaign resumed without credits: its
-        // advance waits for these, so it is this run that pauses it again)
+        // newly blocked, or blocked for credits before and still (a campaign resumed without
+        // credits: its advance waits for these, so it is this run that pauses it again). Only
+        // for credits: a run deciding on a gate that has reopened since (workspace, subscription)
+        // would pause a campaign its reopening had just resumed, and nothing resumes it again.
+        // A stale "no credits" pause is resumed by the sweep once the credits cover it.
         const campaigns = new Set(
           [...toBlock.map((b) => ({ id: b.id, reason: b.patch.reason })), ...stillBlocked]
             .filter((b) => b.reason === reason)
