@@ -127,7 +127,7 @@ export async function setUp(stack: ChaosStack, scenario: Scenario, records: Reco
     const { json: ws } = await call(`${api}/v1/workspaces`, { key: org.key, body: { name: w.key } });
     const id = ws.id as string;
     const { json: key } = await call(`${api}/v1/api-keys`, { key: org.key, body: { name: `${w.key} key`, scope: 'workspace', workspace_id: id } });
-    await call(`${api}/v1/sender-numbers`, { key: key.key as string, body: { phone_number: w.sender, kind: 'short_code', mps: 10_000 } });
+    await call(`${api}/v1/sender-numbers`, { key: key.key as string, body: { phone_number: w.sender, kind: 'short_code', mps: w.senderMps ?? 10_000 } });
     if (w.api) await call(`${api}/v1/workspaces/${id}/sending-rules`, { method: 'PATCH', key: org.key, body: { hourly_cap: null } });
     world.workspaces.set(w.key, { id, key: key.key as string, sender: w.sender, org: w.org });
   }

@@ -9,7 +9,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { sql } from 'kysely';
-import { checkDuplicates, checkGates, checkLedger, checkLost, checkPaid, checkQuietHours, type CheckReport, gather } from './checks.ts';
+import { checkDuplicates, checkGates, checkLedger, checkLost, checkPaid, checkQuietHours, checkRates, type CheckReport, gather } from './checks.ts';
 import { call, heal, newRecords, openWindowLater, perform, type Records, sampleBalances, setUp } from './driver.ts';
 import { type Action, parseScale, planScenario, type Scale } from './scenario.ts';
 import { type ChaosStack, startChaosStack } from './stack.ts';
@@ -133,6 +133,7 @@ async function drive(stack: ChaosStack, scenario: ReturnType<typeof planScenario
     await checkLost(stack, ev, world, records),
     await checkGates(stack, ev, records),
     checkQuietHours(ev, records),
+    checkRates(ev, scenario),
   ];
   const { json: simStats } = await call(`${stack.simUrl}/_sim/stats`);
   const { json: deliveries } = await call(`${stack.paymentsUrl}/_sim/deliveries`);
@@ -151,7 +152,8 @@ async function drive(stack: ChaosStack, scenario: ReturnType<typeof planScenario
   const count = (name: string) => checks.find((c) => c.name === name)!.count;
   const names = ['duplicates', 'unpaid', 'negative_balance', 'ledger_mismatches', 'lost', 'gate_violations', 'quiet_hour_violations'];
   process.stdout.write(`\nchaos: seed=${seed} messages=${ev.messages.size} faults=${faults.total} ${names.map((n) => `${n}=${count(n)}`).join(' ')}\n`);
-  return names.every((n) => count(n) === 0) && settled ? 0 : 1;
+  // rates fail the run too, though the line keeps the counts it was specified with
+  return names.every((n) => count(n) === 0) && count('rate_violations') === 0 && settled ? 0 : 1;
 }
 
 function laneOf(a: Action): string {

@@ -66,6 +66,8 @@ export interface WorkspacePlan {
   windowOpensAfterMs?: number;
   /** API single sends go here (transactional, no hourly cap). */
   api?: boolean;
+  /** Its sender's rate (default 10,000 a second: no limit in practice). */
+  senderMps?: number;
 }
 
 export interface OrgPlan {
@@ -141,6 +143,10 @@ export function planScenario(seed: number, scale: Scale): Scenario {
     assigned += recipients;
     campaigns.push({ key: s.key, workspace: s.workspace, recipients, area: s.area, firstLine: 2_000_000 + i * 10_000 });
   });
+  // A rate the claim must hold while workers die (no random draw: a seed's schedule stays what it
+  // was): one workspace's sender slow enough that the backlog its quiet hours release waits in the
+  // sender's queue; it sends its audience in about half the action window.
+  const bloomSenderMps = Math.max(20, Math.round(campaigns.find((c) => c.key === 'bloom-news')!.recipients / ((W / 1000) * 0.5)));
   const audienceOf = (org: OrgKey) => campaigns.filter((c) => SHARES.find((s) => s.key === c.key)!.org === org).reduce((n, c) => n + c.recipients, 0);
 
   const orgs: OrgPlan[] = [
@@ -154,7 +160,7 @@ export function planScenario(seed: number, scale: Scale): Scenario {
   const workspaces: WorkspacePlan[] = [
     { key: 'acme-shop', org: 'acme', sender: '+14155550101' },
     { key: 'acme-outlet', org: 'acme', sender: '+13125550102' },
-    { key: 'bloom-studio', org: 'bloom', sender: '+12065550103', windowOpensAfterMs: Math.max(20_000, Math.round(W * 0.4)) },
+    { key: 'bloom-studio', org: 'bloom', sender: '+12065550103', windowOpensAfterMs: Math.max(20_000, Math.round(W * 0.4)), senderMps: bloomSenderMps },
     { key: 'cobalt-store', org: 'cobalt', sender: '+16175550104' },
     { key: 'cobalt-api', org: 'cobalt', sender: '+16175550105', api: true },
   ];

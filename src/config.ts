@@ -164,6 +164,18 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     catalogJson: read('BILLING_CATALOG', nonEmpty, undefined),
   };
 
+  // A running job may hold a transaction while it needs a second connection
+  // (a claim takes its sender slots in statements of their own): with every
+  // connection held by such jobs, each would wait for the pool for good, a
+  // wait PostgreSQL cannot see. Two more than the jobs leave room for them
+  // and for the dispatcher's and job queue's own statements.
+  if (config.dbPoolSize < config.workerConcurrency + 2) {
+    problems.push({
+      variable: 'DB_POOL_SIZE',
+      problem: `must be at least WORKER_CONCURRENCY + 2 (${config.workerConcurrency + 2}): a running job may hold one connection while it waits for another`,
+    });
+  }
+
   // "Not at the carrier" is proof only once any call of a live worker has
   // ended: its timeout plus the longest send-slot wait (2 s), with margin.
   const minGrace = config.carrierTimeoutMs + 2_000 + 1_000;
@@ -235,7 +247,7 @@ export const CONFIG_DOC: readonly { variable: string; default: string; meaning: 
     default: '54329',
     meaning: 'port of the embedded PostgreSQL (loopback only)',
   },
-  { variable: 'DB_POOL_SIZE', default: '20', meaning: 'database connections per process' },
+  { variable: 'DB_POOL_SIZE', default: '20', meaning: 'database connections per process (at least WORKER_CONCURRENCY + 2)' },
   {
     variable: 'DB_PREPARED_STATEMENTS',
     default: 'on',

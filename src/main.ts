@@ -295,6 +295,7 @@ export async function startCredence(
             breakers: new Map<string, BreakerState>(),
             leaseMs: config.sendLeaseMs,
             lookupGraceMs: config.lookupGraceMs,
+            carrierTimeoutMs: config.carrierTimeoutMs,
             horizonMs: config.reconciliationHorizonMs,
             retryDelayMs: (attempts, random) => backoffMs(attempts, random, config.retryBaseMs),
             captures: capturer,

@@ -33,7 +33,9 @@ afterAll(async () => {
 
 // A live worker's call ends (answer or timeout) within 3 s + the 2 s slot horizon:
 // reconciliation only takes "not at the carrier" as proof after that (lookupGraceMs above).
-const worker = (): Promise<Spawned> => spawnWorker(p, home, { CARRIER_TIMEOUT_MS: '3000', WORKER_CONCURRENCY: '4', LOG_LEVEL: 'warn' });
+// The workers know the same grace, so none of them calls later than it allows (callWindowMs).
+const worker = (): Promise<Spawned> =>
+  spawnWorker(p, home, { CARRIER_TIMEOUT_MS: '3000', LOOKUP_GRACE_MS: String(p.sendDeps.lookupGraceMs), WORKER_CONCURRENCY: '4', LOG_LEVEL: 'warn' });
 
 describe('a campaign under a pause/resume storm, two workers, one killed mid-batch', () => {
   it('sends every recipient exactly once and completes with counts that add up', async () => {

@@ -77,3 +77,40 @@ it('a stream whose request was still in its look-up when the shutdown began does
   await q.tdb.close();
   await q.simulator.stop();
 }, 30_000);
+
+it('an open stream sends a keep-alive comment while it waits, even for a count that takes long (an idle stream is closed by proxies)', async () => {
+  const q = await startPipeline({ senderMps: 1000, withWorker: false, streamHeartbeatMs: 100 });
+  try {
+    const a = await makeAudience(q, 2, { firstPhone: 7300 });
+    const { id } = await createCampaign(q, a.listId);
+    // the progress count waits behind this lock, as a count of millions of messages would take its time
+    const other = new pg.Client({ connectionString: q.tdb.url });
+    await other.connect();
+    await other.query('begin');
+    await other.query('lock table messages in access exclusive mode');
+    const res = await fetch(`${q.apiUrl}/v1/campaigns/${id}/progress/stream`, { headers: { authorization: `Bearer ${q.tenant.workspaceKey}` } });
+    expect(res.headers.get('content-type')).toBe('text/event-stream');
+    const reader = res.body!.getReader();
+    let text = '';
+    const readUntil = async (done: (t: string) => boolean, ms: number) => {
+      const deadline = Date.now() + ms;
+      while (!done(text)) {
+        const chunk = await Promise.race([reader.read(), new Promise<'late'>((r) => setTimeout(() => r('late'), Math.max(0, deadline - Date.now())))]);
+        if (chunk === 'late' || chunk.done) return;
+        text += new TextDecoder().decode(chunk.value);
+      }
+    };
+    await readUntil((t) => t.split(': keep-alive\n\n').length > 3, 3_000);
+    expect(text).not.toContain('event: progress');
+    expect(text.split(': keep-alive\n\n').length - 1).toBeGreaterThanOrEqual(3);
+    await other.query('commit');
+    await other.end();
+    await readUntil((t) => t.includes('event: progress'), 5_000);
+    expect(text).toContain('event: progress');
+    await reader.cancel();
+  } finally {
+    await closeApp(q.app);
+    await q.tdb.close();
+    await q.simulator.stop();
+  }
+}, 30_000);

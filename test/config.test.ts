@@ -72,6 +72,13 @@ describe('configuration', () => {
     expect(() => loadConfig({ MAINTENANCE_INTERVAL_MS: '10' })).toThrow(/MAINTENANCE_INTERVAL_MS: must be between 250/);
   });
 
+  it('a pool with room for every running job to take a second connection', () => {
+    expect(loadConfig({ WORKER_CONCURRENCY: '18', DB_POOL_SIZE: '20' })).toMatchObject({ workerConcurrency: 18, dbPoolSize: 20 });
+    // every connection held by a claim that waits for another: the pool would wait for good
+    expect(() => loadConfig({ WORKER_CONCURRENCY: '20', DB_POOL_SIZE: '20' })).toThrow(/DB_POOL_SIZE: must be at least WORKER_CONCURRENCY \+ 2 \(22\)/);
+    expect(() => loadConfig({ WORKER_CONCURRENCY: '30' })).toThrow(/DB_POOL_SIZE/);
+  });
+
   it('the CLI stops at start-up with the variable named, before touching anything', () => {
     const result = spawnSync(process.execPath, ['bin/credence.mjs', 'start'], {
       env: { PATH: process.env.PATH, PORT: '99999', CREDENCE_HOME: '/nonexistent/never-created' },

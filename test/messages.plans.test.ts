@@ -104,3 +104,33 @@ describe('the statements that find messages by id', () => {
     }
   });
 });
+
+describe("a sender's queue", () => {
+  it('takes its next messages through its own index, in order, whatever else is queued', async () => {
+    // the filler above: 5,000 queued messages of one sender, which the statistics do not know of;
+    // other senders' queued messages beside them
+    await sql`update messages set from_number = '+14155550199' where id like 'msg_queued_%' and id > 'msg_queued_002500'`.execute(p.tdb.db);
+    const { nextInSenderQueue } = await import('../src/messaging/senderQueue.ts');
+    const seen: SeenStatement[] = [];
+    const db = createDb(interceptingPool(p.tdb.url, (s) => void seen.push(s)));
+    try {
+      const ids = await nextInSenderQueue(db, { workspaceId: p.tenant.workspaceId, fromNumber: '+14155550100' }, 2_000, 100);
+      expect(ids).toEqual(Array.from({ length: 100 }, (_, i) => `msg_queued_${String(i + 1).padStart(6, '0')}`));
+    } finally {
+      await db.destroy();
+    }
+    const s = seen.find((x) => /\bfor update skip locked\b/.test(x.text))!;
+    // with statistics that do not know the backlog, and with statistics that do (a computed
+    // limit made the planner read every due message through messages_due and sort them)
+    for (const analyzed of [false, true]) {
+      if (analyzed) await sql`analyze messages`.execute(p.tdb.db);
+      const { rows } = await p.tdb.pool.query<{ 'QUERY PLAN': unknown }>(`explain (format json) ${s.text}`, [...s.values]);
+      expect(scansOf(rows[0]!['QUERY PLAN'], 'messages'), `analyzed: ${analyzed}`).toEqual(['Index Scan on messages_sender_queue']);
+    }
+    // and when the whole backlog is this sender's, known to the statistics
+    await sql`update messages set from_number = '+14155550100' where id like 'msg_queued_%'`.execute(p.tdb.db);
+    await sql`analyze messages`.execute(p.tdb.db);
+    const { rows } = await p.tdb.pool.query<{ 'QUERY PLAN': unknown }>(`explain (format json) ${s.text}`, [...s.values]);
+    expect(scansOf(rows[0]!['QUERY PLAN'], 'messages'), 'one sender\'s backlog').toEqual(['Index Scan on messages_sender_queue']);
+  });
+});

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { dispatchOrganization, sendBatch } from '../src/messaging/index.ts';
+import { dispatchOrganization, drainSenderQueue, sendBatch } from '../src/messaging/index.ts';
 import { bearer } from './helpers/app.ts';
 import { grantCredits, message, type Pipeline, sendViaApi, startPipeline } from './helpers/pipeline.ts';
 
@@ -126,5 +126,73 @@ describe('checks at the moment of sending', () => {
     expect(p.simulator.log().map((e) => e.to)).toEqual(['+14155551001']);
     const second = await message(p, ids[1]!);
     expect(second).toMatchObject({ status: 'blocked', status_reason: 'debt_outstanding' });
+  });
+});
+
+describe('the call window', () => {
+  it('a claimed message whose commit waited past the call window is not called but claimed anew, and goes out once', { timeout: 60_000 }, async () => {
+    p = await startPipeline({ senderMps: 1000, withWorker: false });
+    const pipe = p;
+    await grantCredits(p, 100);
+    // the helper's grace is the carrier timeout + 3 s: a call must begin within 2.5 s of the claim
+    // (callWindowMs). B (Canada) is refused at the claim, and refusing takes the account row last.
+    await sql`update workspaces set allowed_countries = array['US','CA'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
+    const a = await sendViaApi(p, { to: '+14155559801', body: 'window A' });
+    const b = await sendViaApi(p, { to: '+16045550124', body: 'window B' });
+    const ids = [a.json.id as string, b.json.id as string];
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    for (const id of ids) expect((await message(p, id)).status).toBe('queued');
+    await sql`update workspaces set allowed_countries = array['US'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
+    const other = new pg.Client({ connectionString: p.tdb.url });
+    await other.connect();
+    await other.query('begin');
+    await other.query('select 1 from credit_accounts where organization_id = $1 for update', [p.tenant.organizationId]);
+    const sending = sendBatch(p.sendDeps, ids);
+    await sleep(3_500);
+    await other.query('commit');
+    await other.end();
+    expect(await sending).toEqual({ attempted: 1 });
+    expect(pipe.simulator.log().filter((m) => m.body.startsWith('window '))).toHaveLength(0);
+    expect(await message(p, ids[0]!)).toMatchObject({ status: 'queued', status_reason: 'call_window_passed', attempts: 0 });
+    // claimed again: sent, once
+    await sendBatch(p.sendDeps, [ids[0]!]);
+    expect(pipe.simulator.log().filter((m) => m.body.startsWith('window ')).map((m) => m.body)).toEqual(['window A']);
+  });
+
+  it('a claim takes no sender slot past its call window: what does not fit waits in the sender queue', { timeout: 60_000 }, async () => {
+    // a call window of 1.1 s (grace less the carrier's 2 s timeout less 0.5 s) against the 2 s slot
+    // horizon: slots 250 ms apart, at most four fit. Before, all eight were given slots, the last
+    // three past the window: not called, claimed anew, and each took another slot out at the
+    // horizon, wasted in turn (with claims slow enough, for good: CI's stalled slow-carrier run)
+    p = await startPipeline({ senderMps: 4, withWorker: false, lookupGraceMs: 2_000 + 1_600 });
+    const pipe = p;
+    await grantCredits(p, 100);
+    const ids: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const res = await sendViaApi(p, { to: `+1415555981${i}`, body: `slots ${i}` });
+      expect(res.statusCode).toBe(202);
+      ids.push(res.json.id as string);
+    }
+    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
+    const before = Date.now();
+    const { attempted } = await sendBatch(p.sendDeps, ids);
+    expect(attempted).toBeGreaterThanOrEqual(1);
+    expect(attempted).toBeLessThanOrEqual(4);
+    const atCarrier = () => pipe.simulator.log().filter((m) => m.body.startsWith('slots '));
+    expect(atCarrier()).toHaveLength(attempted);
+    const rows = await Promise.all(ids.map((id) => message(pipe, id)));
+    expect(rows.filter((m) => m.status_reason === 'call_window_passed')).toEqual([]);
+    const waiting = rows.filter((m) => m.status === 'queued');
+    expect(waiting).toHaveLength(8 - attempted);
+    for (const m of waiting) expect(m).toMatchObject({ status_reason: 'sender_rate', attempts: 0 });
+    // the sender's frontier is where the claim's last slot ended, inside the window
+    const { rows: s } = await sql<{ next: Date }>`select next_slot_at as next from sender_numbers where workspace_id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
+    expect(s[0]!.next.getTime()).toBeLessThanOrEqual(before + 1_100 + 250);
+    // the rest go through the sender's queue, once each
+    for (let turn = 0; turn < 20 && atCarrier().length < 8; turn++) {
+      await sleep(300);
+      await drainSenderQueue(p.sendDeps, { workspaceId: p.tenant.workspaceId, fromNumber: rows[0]!.from_number });
+    }
+    expect(atCarrier().map((m) => m.body).sort()).toEqual(ids.map((_, i) => `slots ${i}`));
   });
 });

@@ -64,6 +64,12 @@ export const codeOf = (err: unknown): string | undefined => {
 /** SQLSTATEs after which the whole transaction rolled back and may simply run again: deadlock, serialization failure. */
 const ROLLED_BACK_WHOLE = new Set(['40P01', '40001']);
 
+/** PostgreSQL rolled the failed transaction back whole (deadlock, serialization failure): it may simply run again. */
+export const rolledBackWhole = (err: unknown): boolean => {
+  const code = codeOf(err);
+  return code !== undefined && ROLLED_BACK_WHOLE.has(code);
+};
+
 /**
  * A transaction run again (up to `tries` times in all) when PostgreSQL rolled
  * it back whole for a deadlock or a serialization failure. For the short,
@@ -77,8 +83,7 @@ export async function transactionRetrying<T>(db: Db, fn: (trx: Tx) => Promise<T>
     try {
       return await db.transaction().execute(fn);
     } catch (err) {
-      const code = codeOf(err);
-      if (code === undefined || !ROLLED_BACK_WHOLE.has(code) || attempt >= tries) throw err;
+      if (!rolledBackWhole(err) || attempt >= tries) throw err;
     }
   }
 }

@@ -42,6 +42,8 @@ export interface AppDeps {
   intake?: { backlogLimit: number; backlogWaitMs: number };
   /** Payments (Stripe or its simulator); absent = billing routes answer 503. */
   billing?: BillingDeps;
+  /** How often an open progress stream sends a comment line while it waits (default STREAM_HEARTBEAT_MS). */
+  streamHeartbeatMs?: number;
 }
 
 /**

@@ -122,6 +122,38 @@ export const MAX_NESTING = 32;
  * (a raw webhook body) are not walked.
  */
 export function unstorableField(value: unknown): { field: string; reason: string } | undefined {
+  // Every request passes here (two status callbacks per message among them):
+  // a walk that builds no paths answers for the common value, and only a
+  // value it doubts is walked again for the field and the reason.
+  return mayBeUnstorable(value, 0) ? locateUnstorable(value) : undefined;
+}
+
+/** Any NUL or UTF-16 half (the halves of an emoji too); refined by unstorableText. */
+const suspect = (s: string) => s.includes('\u0000') || SURROGATE.test(s);
+const SURROGATE = /[\uD800-\uDFFF]/;
+
+/** True if unstorableField may find something (recursion bounded by MAX_NESTING). */
+function mayBeUnstorable(v: unknown, depth: number): boolean {
+  if (typeof v === 'string') return suspect(v);
+  if (typeof v !== 'object' || v === null) return false;
+  if (Array.isArray(v)) {
+    if (v.length > 0 && depth >= MAX_NESTING) return true;
+    for (const item of v) if (mayBeUnstorable(item, depth + 1)) return true;
+    return false;
+  }
+  const proto: unknown = Object.getPrototypeOf(v);
+  if (proto !== null && Object.getPrototypeOf(proto) !== null) return false;
+  let any = false;
+  for (const k in v) {
+    if (!Object.hasOwn(v, k)) continue;
+    if (!any && depth >= MAX_NESTING) return true;
+    any = true;
+    if (suspect(k) || mayBeUnstorable((v as Record<string, unknown>)[k], depth + 1)) return true;
+  }
+  return false;
+}
+
+function locateUnstorable(value: unknown): { field: string; reason: string } | undefined {
   const stack: { value: unknown; path: string; depth: number }[] = [{ value, path: '', depth: 0 }];
   const named = (path: string) => (path === '' ? '(root)' : path);
   while (stack.length > 0) {

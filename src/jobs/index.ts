@@ -4,7 +4,7 @@ import * as campaigns from '../campaigns/index.ts';
 import { abandonContactImport, runContactImport } from '../contacts/index.ts';
 import { recordVerification, verifyLedger } from '../credits/index.ts';
 import type { Db, DbOrTx } from '../db/db.ts';
-import { dispatchOrganization, reconcile, type SendDeps, scheduleDispatch, sendBatch, sweep } from '../messaging/index.ts';
+import { dispatchOrganization, drainSenderQueue, reconcile, type SendDeps, scheduleDispatch, sendBatch, sweep } from '../messaging/index.ts';
 import type { Logger } from '../shared/logger.ts';
 
 export { addJob, type JobOptions } from './enqueue.ts';
@@ -51,6 +51,10 @@ export function buildTaskList(deps: TaskDeps): TaskList {
     /** Claim, send and record one batch of queued messages. */
     send: async (payload) => {
       await sendBatch(deps.send, stringArray(payload, 'messageIds'));
+    },
+    /** A turn of a sender's queue: its next waiting messages, as its rate slots free up. */
+    sender_queue: async (payload) => {
+      await drainSenderQueue(deps.send, { workspaceId: stringField(payload, 'workspaceId'), fromNumber: stringField(payload, 'fromNumber') });
     },
     /** Settle messages whose outcome is unknown or whose worker died mid-send. */
     reconcile: async () => {

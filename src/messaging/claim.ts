@@ -4,9 +4,10 @@ import { CAMPAIGN_CLAIMABLE } from './campaignGate.ts';
 import { CONSENT_ALLOWS, enqueueSends, ruleColumns, scheduleDeferred, SUBSCRIPTION_OK } from './dispatch.ts';
 import { applyLimits, countHourlySends, type LimitRow } from './limits.ts';
 import * as store from './messages.store.ts';
-import { releaseFor } from './reservations.ts';
+import { groupBy, releaseFor } from './reservations.ts';
 import { decide, type RuleColumns } from './rules.ts';
-import type { SendDeps } from './send.ts';
+import { callWindowMs, type SendDeps } from './send.ts';
+import { scheduleSenderQueue, type SenderKey } from './senderQueue.ts';
 import { takeSendSlots } from './senders.ts';
 
 /** A claim's decisions older than this when it takes its sender slots are taken again. */
@@ -21,6 +22,13 @@ type ClaimRow = LimitRow &
     debt: number;
   };
 
+/** A slot this close to the end of the call window is not taken (the wait for it may run late). */
+const SLOT_CALL_MARGIN_MS = 250;
+
+/** Groups in the order of their keys: the order their sender rows are locked in. */
+function sortedGroups<T>(rows: readonly T[], keyOf: (row: T) => string): [string, T[]][] {
+  return [...groupBy(rows, keyOf)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
 export interface Claimed {
   message: store.MessageRow;
   /** When its sender's rate allows it to go (epoch ms). */
@@ -29,6 +37,8 @@ export interface Claimed {
   decidedUntil: number;
   /** The send rules again, at another instant (for a call made after `decidedUntil`): may it go then? */
   mayGoAt(at: Date): boolean;
+  /** No carrier call after this (epoch ms, this process's clock, counted from before the claim began): callWindowMs. */
+  callBy: number;
 }
 
 /**
@@ -43,6 +53,8 @@ export interface Claimed {
  */
 export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Claimed[]> {
   const leaseMs = deps.leaseMs ?? DEFAULT_LEASE_MS;
+  // before the transaction, so before the claimed_at reconciliation counts from
+  const callBy = Date.now() + callWindowMs(deps);
   return deps.db.transaction().execute(async (trx) => {
     // Consent is looked up once, in the claim UPDATE's WHERE below (it is
     // the costliest rule to evaluate); a message it stops is examined again,
@@ -60,25 +72,31 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     // Sender rate: slots are taken under each sender row's lock, shared by
     // all workers, each in its own short statement outside this transaction
     // (a slot this claim then does not use is left empty, never given twice).
-    const bySender = new Map<string, ClaimRow[]>();
-    for (const m of eligible) {
-      const k = `${m.workspace_id}\u0000${m.from_number}`;
-      bySender.set(k, [...(bySender.get(k) ?? []), m]);
-    }
+    // What gets no slot waits in its sender's queue (senderQueue.ts), which
+    // takes it in order as the slots free up: no send job of its own.
+    // No slot is taken past the call window (less a margin for the wait
+    // until the slot): a message given one there could not be called, and
+    // was claimed anew, taking the next slot out at the horizon, wasted in
+    // turn. With claims slower than window less horizon (a loaded machine,
+    // the least grace the configuration allows) that went on for good.
+    const horizonMs = deps.slotHorizonMs ?? 2_000;
+    const slotHorizon = () => Math.min(horizonMs, callBy - Date.now() - SLOT_CALL_MARGIN_MS);
     let go: { message: ClaimRow; notBefore: number }[] = [];
-    const later: { ids: string[]; at: number }[] = [];
-    for (const key of [...bySender.keys()].sort()) {
-      const group = bySender.get(key)!;
+    const later: { ids: string[]; at: number; sender: SenderKey }[] = [];
+    for (const [, group] of sortedGroups(eligible, (m) => `${m.workspace_id}\u0000${m.from_number}`)) {
       const first = group[0]!;
-      const slots = await takeSendSlots(deps.db, first.workspace_id, first.from_number, group.length, deps.slotHorizonMs ?? 2_000);
+      const slots = await takeSendSlots(deps.db, first.workspace_id, first.from_number, group.length, slotHorizon());
       group.forEach((m, i) => {
         if (i < slots.granted) go.push({ message: m, notBefore: slots.startAt + i * slots.intervalMs });
       });
-      if (slots.granted < group.length) later.push({ ids: group.slice(slots.granted).map((m) => m.id), at: slots.nextFreeAt });
+      if (slots.granted < group.length) {
+        later.push({ ids: group.slice(slots.granted).map((m) => m.id), at: slots.nextFreeAt, sender: { workspaceId: first.workspace_id, fromNumber: first.from_number } });
+      }
     }
     for (const l of later) {
-      await sql`update messages set next_attempt_at = ${new Date(l.at)}, updated_at = now() where id = any(${l.ids}::text[])`.execute(trx);
-      await enqueueSends(trx, l.ids, new Date(l.at));
+      await sql`update messages set next_attempt_at = ${new Date(l.at)}, status_reason = 'sender_rate', updated_at = now()
+        where id = any(${l.ids}::text[])`.execute(trx);
+      await scheduleSenderQueue(trx, l.sender, new Date(l.at));
     }
 
     // The rules were decided at \`now\`; the cap locks and sender rows above may
@@ -143,6 +161,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
         message: m,
         notBefore: byId.get(m.id) ?? Date.now(),
         decidedUntil,
+        callBy,
         mayGoAt: (at: Date) => decide(row, { organizationFrozen: row.frozen, workspaceSmsEnabled: row.sms_enabled, debt: row.debt }, at).action === 'go',
       };
     });

@@ -34,7 +34,7 @@ export { DEFAULT_MULTIPLIERS, FALLBACK_MULTIPLIER, messageCost, type PriceList }
 export { countSegments, type Encoding } from './segments.ts';
 export { addSenderNumber, listSenderNumbers, type SenderNumber, updateSenderNumber } from './senders.ts';
 export { backoffMs } from './retry.ts';
-export { type SendDeps, sendBatch, statusCallbackUrl } from './send.ts';
+export { drainSenderQueue, type SendDeps, sendBatch, statusCallbackUrl } from './send.ts';
 export { createStatusCallbackBatcher, type StatusCallbackBatcher } from './statusBatch.ts';
 export { type CallbackResult, handleStatusCallback, RECONCILIATION_HORIZON_MS, reconcile, sweep } from './settle.ts';
 export { MESSAGE_STATUSES, type MessageStatus, TERMINAL } from './states.ts';

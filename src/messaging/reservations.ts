@@ -22,7 +22,12 @@ export async function captureFor(trx: Tx, rows: readonly Pick<store.MessageRow, 
 
 export function groupBy<T>(items: readonly T[], key: (t: T) => string): Map<string, T[]> {
   const map = new Map<string, T[]>();
-  for (const item of items) map.set(key(item), [...(map.get(key(item)) ?? []), item]);
+  for (const item of items) {
+    const k = key(item);
+    const group = map.get(k);
+    if (group === undefined) map.set(k, [item]);
+    else group.push(item);
+  }
   return map;
 }
 

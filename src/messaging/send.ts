@@ -2,14 +2,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { sql } from 'kysely';
 import type { Carrier, SendOutcome } from '../carriers/carrier.ts';
 import * as credits from '../credits/index.ts';
-import type { Db } from '../db/db.ts';
+import { codeOf, type Db, rolledBackWhole } from '../db/db.ts';
 import { addJob } from '../jobs/enqueue.ts';
 import type { Logger } from '../shared/logger.ts';
 import { type BreakerState, breakerAllows, breakerRecord, CLOSED } from './breaker.ts';
 import { classifyCarrierError } from './carrierErrors.ts';
 import { CAMPAIGN_CLAIMABLE, CAMPAIGN_ENDED, requestCampaignChecks } from './campaignGate.ts';
 import { claim, type Claimed } from './claim.ts';
-import { CONSENT_ALLOWS, SUBSCRIPTION_OK } from './dispatch.ts';
+import { CONSENT_ALLOWS, SEND_BATCH, SUBSCRIPTION_OK } from './dispatch.ts';
+import { nextInSenderQueue, rescheduleSenderQueue, type SenderKey } from './senderQueue.ts';
 import { applyOptOut } from './optOut.ts';
 import * as store from './messages.store.ts';
 import { groupBy, releaseFor } from './reservations.ts';
@@ -35,6 +36,8 @@ export interface SendDeps {
   retryDelayMs?: (attempts: number, random: number) => number;
   /** How long after a claim a carrier look-up that finds nothing proves it never arrived. */
   lookupGraceMs?: number;
+  /** The carrier adapter's request timeout: with lookupGraceMs, it bounds when a claimed message may still be called (callWindowMs). */
+  carrierTimeoutMs?: number;
   /** How long an unknown outcome waits for evidence before it is failed and captured (default 24 h). */
   horizonMs?: number;
   /** This process's capture drain, woken after an outcome step queued captures (without one, another process's poll drains them). */
@@ -42,6 +45,27 @@ export interface SendDeps {
 }
 
 export { DEFAULT_LEASE_MS } from './claim.ts';
+
+/**
+ * How long after its claim began a message may still be handed to the
+ * carrier. Reconciliation takes a look-up that finds nothing, made
+ * `lookupGraceMs` after the claim, as proof the message never arrived, and
+ * sends it again: a live worker's call must have ended by then, so it must
+ * have begun a carrier timeout (and half a second) earlier. A worker slowed past
+ * this window (its pre-send check waiting for a connection, its process
+ * starved of CPU) does not call: the message is claimed anew. Before, a
+ * check that passed just before the grace ran out let the call reach the
+ * carrier after reconciliation had found nothing, and the message went out
+ * twice.
+ */
+export function callWindowMs(deps: Pick<SendDeps, 'lookupGraceMs' | 'carrierTimeoutMs'>): number {
+  return (deps.lookupGraceMs ?? LOOKUP_GRACE_MS) - (deps.carrierTimeoutMs ?? DEFAULT_CARRIER_TIMEOUT_MS) - CALL_MARGIN_MS;
+}
+const CALL_MARGIN_MS = 500;
+/** A look-up this long after the claim that finds nothing proves the carrier never took it (LOOKUP_GRACE_MS's floor). */
+export const LOOKUP_GRACE_MS = 60_000;
+/** CARRIER_TIMEOUT_MS's default. */
+const DEFAULT_CARRIER_TIMEOUT_MS = 10_000;
 
 export function statusCallbackUrl(publicUrl: string, messageId: string): string {
   return `${publicUrl}/webhooks/twilio/status?message_id=${encodeURIComponent(messageId)}`;
@@ -102,16 +126,44 @@ async function stillMayGo(deps: SendDeps, m: store.MessageRow): Promise<{ ok: tr
  * transaction. Safe to run twice: only `queued` messages are claimed, and
  * outcomes apply only to messages still `sending`.
  */
-export async function sendBatch(deps: SendDeps, messageIds: readonly string[]): Promise<{ attempted: number }> {
+export async function sendBatch(
+  deps: SendDeps,
+  messageIds: readonly string[],
+  options: { afterClaim?: () => Promise<void> } = {},
+): Promise<{ attempted: number }> {
   const claimed = await claim(deps, messageIds);
+  await options.afterClaim?.();
   if (claimed.length === 0) return { attempted: 0 };
   const attempts = await Promise.all(claimed.map((c) => attemptOne(deps, c)));
   await recordRetrying(deps, attempts);
   return { attempted: attempts.length };
 }
 
-/** SQLSTATEs after which the whole transaction rolled back and may simply run again. */
-const RETRYABLE = new Set(['40P01', '40001']); // deadlock detected, serialization failure
+/**
+ * One turn of a sender's queue (senderQueue.ts): the next messages its
+ * slots can carry, through the ordinary claim. The next turn is asked for
+ * as soon as the claim has committed (at the sender's next free slot), not
+ * after this turn's carrier calls: with a slow carrier the sender would sit
+ * idle between turns (a one-a-second sender whose carrier took 5 s to
+ * answer sent 15 messages in 26 s).
+ */
+export async function drainSenderQueue(deps: SendDeps, sender: SenderKey): Promise<{ attempted: number }> {
+  const horizonMs = deps.slotHorizonMs ?? 2_000;
+  const ids = await nextInSenderQueue(deps.db, sender, horizonMs, SEND_BATCH);
+  const next = (notBefore: Date) => rescheduleSenderQueue(deps.db, sender, horizonMs, notBefore).then(() => undefined);
+  if (ids.length === 0) {
+    await next(new Date(Date.now() + IDLE_TURN_MS));
+    return { attempted: 0 };
+  }
+  // a failed wake-up does not fail the claimed batch (its messages would wait, `sending`, for their
+  // lease): the sweep wakes a queue whose messages wait too long
+  const wake = () => next(new Date()).catch((err: unknown) => deps.log.warn({ ...sender, err: (err as Error).message }, 'sender queue: next turn not scheduled'));
+  return sendBatch(deps, ids, { afterClaim: wake });
+}
+
+/** A turn of a sender's queue that found nothing it could take comes back no sooner than this. */
+const IDLE_TURN_MS = 1_000;
+
 const RECORD_TRIES = 3;
 
 /**
@@ -125,9 +177,8 @@ async function recordRetrying(deps: SendDeps, attempts: readonly Attempt[]): Pro
       await record(deps, attempts);
       return;
     } catch (err) {
-      const code = (err as { code?: unknown }).code;
-      if (typeof code !== 'string' || !RETRYABLE.has(code) || tries >= RECORD_TRIES) throw err;
-      deps.log.warn({ code, tries, messages: attempts.length }, 'outcome step rolled back; recording again');
+      if (!rolledBackWhole(err) || tries >= RECORD_TRIES) throw err;
+      deps.log.warn({ code: codeOf(err), tries, messages: attempts.length }, 'outcome step rolled back; recording again');
     }
   }
 }
@@ -153,6 +204,8 @@ async function attemptOne(deps: SendDeps, c: Claimed): Promise<Attempt> {
   if (Date.now() > c.decidedUntil && !c.mayGoAt(new Date())) {
     return { message: c.message, outcome: { outcome: 'decide_again', reason: 'decision_expired' } };
   }
+  // Too late to call: reconciliation may already take the carrier's silence as proof (callWindowMs).
+  if (Date.now() > c.callBy) return { message: c.message, outcome: { outcome: 'decide_again', reason: 'call_window_passed' } };
   const account = deps.carrier.accountId;
   const gate = breakerAllows(deps.breakers.get(account) ?? CLOSED, Date.now());
   deps.breakers.set(account, gate.next);

@@ -9,14 +9,13 @@ import { enqueueSends } from './dispatch.ts';
 import * as store from './messages.store.ts';
 import { applyOptOut } from './optOut.ts';
 import { MAX_ATTEMPTS } from './retry.ts';
+import { scheduleSenderQueue } from './senderQueue.ts';
 import { captureFor, releaseFor } from './reservations.ts';
-import { DEFAULT_LEASE_MS, type SendDeps } from './send.ts';
+import { DEFAULT_LEASE_MS, LOOKUP_GRACE_MS, type SendDeps } from './send.ts';
 import { eventForCarrierStatus, type MessageEvent, type MessageStatus, transition } from './states.ts';
 
 /** A message left `unknown` this long without evidence is given up (charged, never resent). */
 export const RECONCILIATION_HORIZON_MS = 24 * 3_600_000;
-/** A look-up this long after the claim that finds nothing proves the carrier never took it. */
-export const LOOKUP_GRACE_MS = 60_000;
 /** Carrier look-ups of one reconciliation at a time. */
 const RECONCILE_LOOKUPS = 8;
 
@@ -236,6 +235,9 @@ async function reconcileOne(deps: SendDeps, m: store.MessageRow, report: Reconci
     if (await settleSent(deps, m)) report.settled++;
     return;
   }
+  // The look-up proves absence as of when it was asked, not when its answer
+  // came back: a live worker's call may reach the carrier in between.
+  const age = Date.now() - (m.claimed_at ?? m.created_at).getTime();
   let found: CarrierMessage | undefined;
   let lookedUp = false;
   /** The carrier holds copies that may be this message's or a sibling's: neither proof of absence nor a match. */
@@ -261,7 +263,6 @@ async function reconcileOne(deps: SendDeps, m: store.MessageRow, report: Reconci
   } catch (err) {
     deps.log.warn({ message_id: m.id, err: (err as Error).message }, 'carrier look-up failed');
   }
-  const age = Date.now() - (m.claimed_at ?? m.created_at).getTime();
   await deps.db.transaction().execute(async (trx) => {
     if (found !== undefined) {
       if (await applyCarrierReport(trx, m, { providerSid: found.providerSid, status: found.status, errorCode: found.errorCode }, 'reconciliation')) report.settled++;
@@ -361,15 +362,20 @@ async function settleSent(deps: SendDeps, m: store.MessageRow): Promise<boolean>
   });
 }
 
-/** Periodic safety net: wake dispatchers with due work and re-add send jobs lost to exhausted job retries. */
-export async function sweep(trx: Tx, options: { staleQueuedMs?: number } = {}): Promise<{ organizations: string[]; resent: number }> {
+/** Periodic safety net: wake dispatchers with due work, and the sender queues of messages whose send job was lost. */
+export async function sweep(trx: Tx, options: { staleQueuedMs?: number } = {}): Promise<{ organizations: string[]; senderQueues: number }> {
   const stale = `${options.staleQueuedMs ?? 120_000} milliseconds`;
   const { rows: orgs } = await sql<{ organization_id: string }>`select distinct organization_id from messages
     where (status = 'planned' and send_at <= now()) or (status = 'deferred' and coalesce(next_attempt_at, send_at) <= now())`.execute(trx);
-  // queued this long without a claim: its send job is lost, or locked by a worker that died
-  const { rows: lost } = await sql<{ id: string }>`select id from messages
-    where status = 'queued' and coalesce(next_attempt_at, updated_at) < now() - ${stale}::interval limit 5000`.execute(trx);
-  await enqueueSends(trx, lost.map((r) => r.id));
+  // Queued this long past its due time without a claim: its send job is
+  // lost or locked by a worker that died, or it waits in its sender's queue
+  // (a long backlog behind a slow sender). Either way the sender's queue
+  // (senderQueue.ts) takes it, in order: a send job for each would be
+  // claimed at once, and all but the sender's few slots rewritten for
+  // nothing.
+  const { rows: lost } = await sql<{ workspace_id: string; from_number: string }>`select distinct workspace_id, from_number from messages
+    where status = 'queued' and coalesce(next_attempt_at, updated_at) < now() - ${stale}::interval limit 1000`.execute(trx);
+  for (const s of lost) await scheduleSenderQueue(trx, { workspaceId: s.workspace_id, fromNumber: s.from_number }, new Date());
   // Blocked by a gate that has reopened since (a block committed after the
   // reopening's own wake-up): dispatch them again. Credits have their own
   // wake-up (a purchase or grant), so insufficient_credits is not polled.
@@ -389,5 +395,5 @@ export async function sweep(trx: Tx, options: { staleQueuedMs?: number } = {}): 
   }
   // hourly-cap counters older than the hour they count are of no further use
   await sql`delete from send_counters where minute < now() - interval '2 hours'`.execute(trx);
-  return { organizations: orgs.map((o) => o.organization_id), resent: lost.length };
+  return { organizations: orgs.map((o) => o.organization_id), senderQueues: lost.length };
 }

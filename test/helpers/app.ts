@@ -20,6 +20,7 @@ export async function buildTestApp(
     billing?: BillingDeps;
     /** the API's flow control (absent: none, as the other tests were written) */
     intake?: { backlogLimit: number; backlogWaitMs: number };
+    streamHeartbeatMs?: number;
   } = {},
 ): Promise<TestApp> {
   return buildApp({
@@ -31,6 +32,7 @@ export async function buildTestApp(
     carrier: options.carrier ?? noCarrier,
     ...(options.billing && { billing: options.billing }),
     ...(options.intake && { intake: options.intake }),
+    ...(options.streamHeartbeatMs !== undefined && { streamHeartbeatMs: options.streamHeartbeatMs }),
   });
 }
 

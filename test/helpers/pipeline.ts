@@ -44,6 +44,9 @@ export async function startPipeline(
     callbackDelayMs?: { sent: [number, number]; final: [number, number] };
     payments?: boolean;
     intake?: { backlogLimit: number; backlogWaitMs: number };
+    streamHeartbeatMs?: number;
+    /** below the least the configuration allows, to stand for claims slowed by a loaded machine */
+    lookupGraceMs?: number;
   } = {},
 ): Promise<Pipeline> {
   const tdb = await createTestDatabase({ poolSize: 20 });
@@ -78,7 +81,13 @@ export async function startPipeline(
         log: silentLog,
       }
     : undefined;
-  const app = await buildTestApp(tdb, { carrier, publicUrl: apiUrl, ...(billing && { billing }), ...(options.intake && { intake: options.intake }) });
+  const app = await buildTestApp(tdb, {
+    carrier,
+    publicUrl: apiUrl,
+    ...(billing && { billing }),
+    ...(options.intake && { intake: options.intake }),
+    ...(options.streamHeartbeatMs !== undefined && { streamHeartbeatMs: options.streamHeartbeatMs }),
+  });
   await app.listen({ host: '127.0.0.1', port });
   const op = await operatorKey(tdb);
   const tenant = await createTenant(app, op, 'Pipeline Co');
@@ -96,8 +105,11 @@ export async function startPipeline(
     log: silentLog,
     breakers: new Map(),
     retryDelayMs: () => 50,
-    // "not at the carrier" is proof only after any live call ended: timeout 2 s + slot horizon 2 s
-    lookupGraceMs: 4_500,
+    // "not at the carrier" is proof only after any live call ended: a call begins within the
+    // window (grace - timeout - 0.5 s: 2.5 s, the slot horizon of 2 s and a claim's own time)
+    // and ends within the timeout (the least grace the configuration allows)
+    lookupGraceMs: options.lookupGraceMs ?? (options.timeoutMs ?? 2_000) + 3_000,
+    carrierTimeoutMs: options.timeoutMs ?? 2_000,
     // short, so reconciliation in tests looks at a dead worker's messages quickly
     leaseMs: 2_000,
   };

@@ -82,6 +82,9 @@ async function stillAuthenticated(db: AppDeps['db'], authorization: string | und
   }
 }
 
+/** An open progress stream's keep-alive comment, this often. */
+export const STREAM_HEARTBEAT_MS = 15_000;
+
 export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
   const { db } = deps;
   const Params = Type.Object({ id: Type.String({ maxLength: 64 }) });
@@ -253,7 +256,7 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         schema: {
           tags: ['campaigns'],
           summary:
-            'The same progress as Server-Sent Events (a `progress` event a second, until the campaign ends, the client leaves, the server shuts down, or the key is revoked: then an `end` event; for a very large campaign less often: each update waits ten times as long as counting took, at most 30 s)',
+            'The same progress as Server-Sent Events (a `progress` event a second, until the campaign ends, the client leaves, the server shuts down, or the key is revoked: then an `end` event; for a very large campaign less often: each update waits ten times as long as counting took, at most 30 s; a `: keep-alive` comment line every 15 s in between, so that proxies do not close an idle stream)',
           params: Params,
         },
       },
@@ -275,6 +278,13 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
         streams.add(stop);
         // a request still in its look-up when the shutdown began was not there to be stopped
         if (shuttingDown) stop();
+        // Between updates (up to 30 s for a large campaign, longer while one
+        // is counted) the connection would be idle: proxies and load
+        // balancers close idle connections, often after 30–60 s. A comment
+        // line keeps it open; EventSource clients ignore it.
+        const heartbeat = setInterval(() => {
+          if (!gone()) res.write(': keep-alive\n\n');
+        }, deps.streamHeartbeatMs ?? STREAM_HEARTBEAT_MS);
         const id = campaign.id;
         try {
           for (let n = 0; !gone(); n++) {
@@ -301,6 +311,7 @@ export function campaignRoutes(deps: AppDeps): FastifyPluginAsyncTypebox {
           // the headers are sent: the stream ends (the client reconnects), the error is logged
           request.log.warn({ err }, 'progress stream ended by an error');
         } finally {
+          clearInterval(heartbeat);
           streams.delete(stop);
           // the viewer reconnects to another API process
           if (closing && !res.destroyed && !res.writableEnded) res.write(`event: end\ndata: ${JSON.stringify({ reason: 'shutting_down' })}\n\n`);
