@@ -41,7 +41,10 @@ async function transactionalWindowEndingSoon(pipe: Pipeline): Promise<number> {
 
 describe('checks at the moment of sending', () => {
   it("a claim that waited behind another claim's lock past the end of the recipient's window does not send", { timeout: 120_000 }, async () => {
-    p = await startPipeline({ senderMps: 1000, withWorker: false });
+    // the default grace: a call window (57.5 s) longer than the wait below, so the claim still takes
+    // its slot and decides again (with the helper's 2.5 s window it would take none, and leave the
+    // message to its sender's queue: the call window tests below)
+    p = await startPipeline({ senderMps: 1000, withWorker: false, lookupGraceMs: 60_000 });
     await grantCredits(p, 1_000);
     const end = await transactionalWindowEndingSoon(p);
     const to = '+14155559876';
