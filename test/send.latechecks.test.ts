@@ -39,6 +39,34 @@ async function transactionalWindowEndingSoon(pipe: Pipeline): Promise<number> {
   return end;
 }
 
+/**
+ * A US message and a Canadian one, both queued; then Canada leaves the allow-list, so a claim of
+ * the two refuses the second, and refusing takes the account row (its credits back) last, after
+ * the claim's decisions. Returns their ids, the US one first.
+ */
+async function queuedWithOneToRefuse(pipe: Pipeline, a: { to: string; body: string }, b: { to: string; body: string }): Promise<string[]> {
+  await sql`update workspaces set allowed_countries = array['US','CA'] where id = ${pipe.tenant.workspaceId}`.execute(pipe.tdb.db);
+  const ids: string[] = [];
+  for (const m of [a, b]) ids.push((await sendViaApi(pipe, { ...m, timezone: 'UTC' })).json.id as string);
+  await dispatchOrganization(pipe.tdb.db, pipe.tenant.organizationId);
+  for (const id of ids) expect((await message(pipe, id)).status).toBe('queued');
+  await sql`update workspaces set allowed_countries = array['US'] where id = ${pipe.tenant.workspaceId}`.execute(pipe.tdb.db);
+  return ids;
+}
+
+/** Runs `sendBatch` of `ids` while another transaction holds the organization's account row for `holdMs`. */
+async function sendBatchBehindAccountRow(pipe: Pipeline, ids: string[], holdMs: number): Promise<{ attempted: number }> {
+  const other = new pg.Client({ connectionString: pipe.tdb.url });
+  await other.connect();
+  await other.query('begin');
+  await other.query('select 1 from credit_accounts where organization_id = $1 for update', [pipe.tenant.organizationId]);
+  const sending = sendBatch(pipe.sendDeps, ids);
+  await sleep(holdMs);
+  await other.query('commit');
+  await other.end();
+  return sending;
+}
+
 describe('checks at the moment of sending', () => {
   it("a claim that waited behind another claim's lock past the end of the recipient's window does not send", { timeout: 120_000 }, async () => {
     // the default grace: a call window (57.5 s) longer than the wait below, so the claim still takes
@@ -78,25 +106,10 @@ describe('checks at the moment of sending', () => {
     const pipe = p;
     await grantCredits(p, 1_000);
     const end = await transactionalWindowEndingSoon(p);
-    // B (Canada) is queued, then Canada leaves the allow-list: the claim refuses B, and refusing
-    // takes the account row (its credits back) last, after the claim's decisions
-    await sql`update workspaces set allowed_countries = array['US','CA'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
-    const a = await sendViaApi(p, { to: '+14155559876', body: 'A', timezone: 'UTC' });
-    const b = await sendViaApi(p, { to: '+16045550123', body: 'B', timezone: 'UTC' });
-    const ids = [a.json.id as string, b.json.id as string];
-    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
-    for (const id of ids) expect((await message(p, id)).status).toBe('queued');
-    await sql`update workspaces set allowed_countries = array['US'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
+    // B (Canada) is refused by the claim, which takes the account row last
+    const ids = await queuedWithOneToRefuse(p, { to: '+14155559876', body: 'A' }, { to: '+16045550123', body: 'B' });
     await sleep(end - 2_500 - Date.now());
-    const other = new pg.Client({ connectionString: p.tdb.url });
-    await other.connect();
-    await other.query('begin');
-    await other.query('select 1 from credit_accounts where organization_id = $1 for update', [p.tenant.organizationId]);
-    const sending = sendBatch(p.sendDeps, ids);
-    await sleep(5_000);
-    await other.query('commit');
-    await other.end();
-    await sending;
+    await sendBatchBehindAccountRow(p, ids, 5_000);
     expect(pipe.simulator.log().filter((e) => e.to === '+14155559876')).toHaveLength(0);
     // sent back to be claimed anew, its attempt given back; the next claim defers it to the window's opening
     const back = await message(p, ids[0]!);
@@ -138,23 +151,9 @@ describe('the call window', () => {
     const pipe = p;
     await grantCredits(p, 100);
     // the helper's grace is the carrier timeout + 3 s: a call must begin within 2.5 s of the claim
-    // (callWindowMs). B (Canada) is refused at the claim, and refusing takes the account row last.
-    await sql`update workspaces set allowed_countries = array['US','CA'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
-    const a = await sendViaApi(p, { to: '+14155559801', body: 'window A' });
-    const b = await sendViaApi(p, { to: '+16045550124', body: 'window B' });
-    const ids = [a.json.id as string, b.json.id as string];
-    await dispatchOrganization(p.tdb.db, p.tenant.organizationId);
-    for (const id of ids) expect((await message(p, id)).status).toBe('queued');
-    await sql`update workspaces set allowed_countries = array['US'] where id = ${p.tenant.workspaceId}`.execute(p.tdb.db);
-    const other = new pg.Client({ connectionString: p.tdb.url });
-    await other.connect();
-    await other.query('begin');
-    await other.query('select 1 from credit_accounts where organization_id = $1 for update', [p.tenant.organizationId]);
-    const sending = sendBatch(p.sendDeps, ids);
-    await sleep(3_500);
-    await other.query('commit');
-    await other.end();
-    expect(await sending).toEqual({ attempted: 1 });
+    // (callWindowMs). B (Canada) is refused by the claim, which takes the account row last.
+    const ids = await queuedWithOneToRefuse(p, { to: '+14155559801', body: 'window A' }, { to: '+16045550124', body: 'window B' });
+    expect(await sendBatchBehindAccountRow(p, ids, 3_500)).toEqual({ attempted: 1 });
     expect(pipe.simulator.log().filter((m) => m.body.startsWith('window '))).toHaveLength(0);
     expect(await message(p, ids[0]!)).toMatchObject({ status: 'queued', status_reason: 'call_window_passed', attempts: 0 });
     // claimed again: sent, once
