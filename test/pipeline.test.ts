@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTwilioCarrier } from '../src/carriers/index.ts';
 import * as credits from '../src/credits/index.ts';
 import { createIntakeBatcher, sendBatch } from '../src/messaging/index.ts';
 import { newId } from '../src/shared/ids.ts';
@@ -509,6 +510,33 @@ describe('carrier faults', () => {
       // settled: nothing more to ask
       const { reconcile } = await import('../src/messaging/index.ts');
       expect((await reconcile(p.sendDeps)).checked).toBe(0);
+    } finally {
+      await p.close();
+    }
+  });
+  it('a look-up that fails does not count: the message is asked about again at the next reconciliation, not at twice its age', async () => {
+    const p = await startPipeline({ faults: { loseFinalCallbacks: 1 } });
+    try {
+      await grantCredits(p, 5);
+      const id = (await sendViaApi(p, { to: TO, body: 'lost callback, look-up fails' })).json.id as string;
+      await waitForStatus(p, id, ['sent']);
+      await eventually(async () => (p.simulator.log().every((e) => e.status === e.finalStatus) ? true : undefined));
+      // the carrier cannot be reached (the same adapter, pointed at a closed port); the lease passes
+      const account = p.simulator.accounts[0]!;
+      const reachable = p.sendDeps.carrier;
+      p.sendDeps.carrier = createTwilioCarrier({ accountSid: account.sid, authToken: account.authToken, baseUrl: 'http://127.0.0.1:1', timeoutMs: 2_000, publicUrl: p.apiUrl });
+      await new Promise((r) => setTimeout(r, 2_500));
+      const before = await message(p, id);
+      const { reconcile } = await import('../src/messaging/index.ts');
+      expect((await reconcile(p.sendDeps)).checked).toBe(1);
+      const after = await message(p, id);
+      expect(after.status).toBe('sent');
+      expect(after.updated_at).toEqual(before.updated_at);
+      // reachable again: the very next reconciliation applies the final status (before, the failed
+      // look-up counted as asked, and the next one waited until half the message's age had passed again)
+      p.sendDeps.carrier = reachable;
+      await reconcile(p.sendDeps);
+      expect((await message(p, id)).status).toBe('delivered');
     } finally {
       await p.close();
     }

@@ -349,7 +349,13 @@ async function settleSent(deps: SendDeps, m: store.MessageRow): Promise<boolean>
   try {
     if (m.provider_sid !== null) found = await deps.carrier.fetchMessage(m.provider_sid);
   } catch (err) {
-    deps.log.warn({ message_id: m.id, err: (err as Error).message }, 'carrier look-up failed');
+    // A look-up that failed (a timeout, the carrier unreachable) told us
+    // nothing: the message is asked about again at the next reconciliation,
+    // not at twice its age. Before, it counted as asked, and a message whose
+    // final callback was lost while the carrier answered slowly waited minutes
+    // for its next look-up (a default chaos run ended with one still `sent`).
+    deps.log.warn({ message_id: m.id, err: (err as Error).message }, 'carrier look-up failed; asked again at the next reconciliation');
+    return false;
   }
   return deps.db.transaction().execute(async (trx) => {
     const event = found === undefined ? undefined : eventForCarrierStatus(found.status);
