@@ -6,7 +6,7 @@ import { applyLimits, countHourlySends, type LimitRow } from './limits.ts';
 import * as store from './messages.store.ts';
 import { groupBy, releaseFor } from './reservations.ts';
 import { decide, type RuleColumns } from './rules.ts';
-import { callWindowMs, type SendDeps } from './send.ts';
+import { callWindowMs, type SendDeps, slotHorizonMs } from './send.ts';
 import { scheduleSenderQueue, type SenderKey } from './senderQueue.ts';
 import { takeSendSlots } from './senders.ts';
 
@@ -79,7 +79,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     // was claimed anew, taking the next slot out at the horizon, wasted in
     // turn. With claims slower than window less horizon (a loaded machine,
     // the least grace the configuration allows) that went on for good.
-    const horizonMs = deps.slotHorizonMs ?? 2_000;
+    const horizonMs = slotHorizonMs(deps);
     const slotHorizon = () => Math.min(horizonMs, callBy - Date.now() - SLOT_CALL_MARGIN_MS);
     let go: { message: ClaimRow; notBefore: number }[] = [];
     const later: { ids: string[]; at: number; sender: SenderKey }[] = [];
@@ -154,7 +154,7 @@ export async function claim(deps: SendDeps, ids: readonly string[]): Promise<Cla
     await refuse(trx, refused);
     const byId = new Map(go.map((g) => [g.message.id, g.notBefore]));
     const rulesOf = new Map(eligible.map((m) => [m.id, m]));
-    const decidedUntil = now.getTime() + (deps.slotHorizonMs ?? 2_000);
+    const decidedUntil = now.getTime() + slotHorizonMs(deps);
     return claimed.map((m) => {
       const row = rulesOf.get(m.id)!;
       return {
@@ -218,7 +218,7 @@ function sortDecisions(deps: SendDeps, rows: readonly ClaimRow[], now: Date, ref
   const passed: ClaimRow[] = [];
   for (const m of rows) {
     // the carrier call may wait up to the slot horizon: the window must be open until then
-    const d = decide(m, { organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt }, now, deps.slotHorizonMs ?? 2_000);
+    const d = decide(m, { organizationFrozen: m.frozen, workspaceSmsEnabled: m.sms_enabled, debt: m.debt }, now, slotHorizonMs(deps));
     switch (d.action) {
       case 'go':
         passed.push(m);

@@ -62,6 +62,8 @@ export function callWindowMs(deps: Pick<SendDeps, 'lookupGraceMs' | 'carrierTime
   return (deps.lookupGraceMs ?? LOOKUP_GRACE_MS) - (deps.carrierTimeoutMs ?? DEFAULT_CARRIER_TIMEOUT_MS) - CALL_MARGIN_MS;
 }
 const CALL_MARGIN_MS = 500;
+/** How far ahead a claim takes its sender's slots (and decides the send rules for). */
+export const slotHorizonMs = (deps: Pick<SendDeps, 'slotHorizonMs'>): number => deps.slotHorizonMs ?? 2_000;
 /** A look-up this long after the claim that finds nothing proves the carrier never took it (LOOKUP_GRACE_MS's floor). */
 export const LOOKUP_GRACE_MS = 60_000;
 /** CARRIER_TIMEOUT_MS's default. */
@@ -148,7 +150,7 @@ export async function sendBatch(
  * answer sent 15 messages in 26 s).
  */
 export async function drainSenderQueue(deps: SendDeps, sender: SenderKey): Promise<{ attempted: number }> {
-  const horizonMs = deps.slotHorizonMs ?? 2_000;
+  const horizonMs = slotHorizonMs(deps);
   const ids = await nextInSenderQueue(deps.db, sender, horizonMs, SEND_BATCH);
   const next = (notBefore: Date) => rescheduleSenderQueue(deps.db, sender, horizonMs, notBefore).then(() => undefined);
   if (ids.length === 0) {
