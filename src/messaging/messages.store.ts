@@ -191,7 +191,9 @@ export async function applyEvent(
       select * from unnest(${ids}::text[], ${patches}::jsonb[]) as input(id, p)
     ), old as (
       select m.id, m.status from messages m join input on input.id = m.id
-      where ${statusOfListed('m', from)}
+      -- the ids again, as an index condition: a join alone leaves the planner free
+      -- to read the whole primary key when it thinks the table small
+      where m.id = any(${ids}::text[]) and ${statusOfListed('m', from)}
         and (not (input.p ? 'expect_attempts') or m.attempts = (input.p->>'expect_attempts')::int)
         and (not (input.p ? 'expect_sid') or m.provider_sid is null or m.provider_sid = input.p->>'expect_sid')
         -- a carrier id another message holds is not this one's: left out (the unique

@@ -194,9 +194,12 @@ export async function reconcile(deps: SendDeps, limit = 200): Promise<ReconcileR
   // The carrier took these (a callback said so) but the worker that claimed
   // them died before its outcome step captured them: capture now (G3).
   await deps.db.transaction().execute(async (trx) => {
-    const { rows: uncaptured } = await sql<store.MessageRow>`select m.* from messages m
-      join credit_reservations r on r.id = m.reservation_id and r.state = 'open'
-      where m.status in ('sent', 'delivered', 'undelivered')
+    // From the open reservations (their partial index) to their messages by key:
+    // joined the other way, through `reservation_id`, which no index serves, every
+    // run read the whole of `messages`.
+    const { rows: uncaptured } = await sql<store.MessageRow>`select m.* from credit_reservations r
+      join messages m on m.id = r.message_id and m.reservation_id = r.id
+      where r.state = 'open' and m.status in ('sent', 'delivered', 'undelivered')
         and m.updated_at < now() - ${`${deps.leaseMs ?? DEFAULT_LEASE_MS} milliseconds`}::interval
       limit 5000`.execute(trx);
     await captureFor(trx, uncaptured, 'carrier accepted (captured by reconciliation)');

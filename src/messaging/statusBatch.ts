@@ -85,12 +85,12 @@ async function flush(deps: { db: Db; log: Logger }, batch: readonly StatusReport
       for (const row of await store.applyEvent(db, event, items, { onlyFrom: FAST_FROM, skipLocked: true })) moved.add(`${row.id}\u0000${event}`);
     }
   };
-  // throws: every request of the batch fails (the carrier retries them). One
-  // statement is atomic on its own; a transaction would only add a BEGIN and
-  // a COMMIT, which at a moderate pace (a callback or two per batch) are
-  // most of the batch's statements.
-  if (steps.length > 1) await deps.db.transaction().execute(apply);
-  else await apply(deps.db);
+  // throws: every request of the batch fails (the carrier retries them). A
+  // transaction even for one statement: the send path's transactions plan
+  // with sequential scans off (src/db/prepared.ts), and an autocommit
+  // statement kept the generic plan PostgreSQL chose while `messages` was
+  // young, a scan of the whole table, for the rest of a benchmark run.
+  await deps.db.transaction().execute(apply);
   const results = new Map<string, Settled<CallbackResult>>();
   const rest: StatusReport[] = [];
   const seen = new Set<string>();
