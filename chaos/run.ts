@@ -12,7 +12,7 @@ import { sql } from 'kysely';
 import { checkDuplicates, checkGates, checkLedger, checkLost, checkPaid, checkQuietHours, checkRates, type CheckReport, gather } from './checks.ts';
 import { call, heal, newRecords, openWindowLater, perform, type Records, sampleBalances, setUp } from './driver.ts';
 import { type Action, parseScale, planScenario, type Scale } from './scenario.ts';
-import { type ChaosStack, startChaosStack } from './stack.ts';
+import { type ChaosStack, FAST_CLOCK, startChaosStack } from './stack.ts';
 
 function parseArgs(argv: string[]): { seed: number; scale: Scale } {
   let seed = randomInt(2 ** 31);
@@ -199,7 +199,7 @@ async function settle(stack: ChaosStack, timeoutMs: number): Promise<boolean> {
     if (done !== undefined && done.open === 0 && done.campaigns === 0) {
       const { json } = await call(`${stack.simUrl}/_sim/log`);
       const log = json as unknown as { status: string; finalStatus: string }[];
-      if (log.every((e) => e.status === e.finalStatus)) return callbacksLanded(stack, Math.min(60_000, deadline - Date.now()));
+      if (log.every((e) => e.status === e.finalStatus)) return callbacksLanded(stack, Math.min(60_000, deadline - Date.now()), deadline);
     }
     if (Date.now() - last > 10_000) {
       last = Date.now();
@@ -215,16 +215,35 @@ async function settle(stack: ChaosStack, timeoutMs: number): Promise<boolean> {
  * through the callbacks, and reconciliation asks the carrier about the ones
  * it lost. Done when no message is left `sent`; after the timeout the
  * checks show what was never applied.
+ *
+ * The wait follows reconciliation's own schedule: a `sent` message is
+ * asked about again once it has gone untouched for a lease and for half
+ * its age (settle.ts), so one whose last look-up came just before the
+ * carrier's final status is next asked about at twice that look-up's age.
+ * Late in a default run that is minutes away, past a fixed 60 s: the wait
+ * lasts until the latest such next look-up has had `LOOKUP_MARGIN_MS` to
+ * happen, at least `timeoutMs`, never past `deadline`.
  */
-async function callbacksLanded(stack: ChaosStack, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
+async function callbacksLanded(stack: ChaosStack, timeoutMs: number, deadline: number): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  const lease = `${FAST_CLOCK.SEND_LEASE_MS} milliseconds`;
+  const horizon = `${FAST_CLOCK.RECONCILIATION_HORIZON_MS} milliseconds`;
   while (Date.now() < deadline) {
-    const { rows } = await sql<{ n: number }>`select count(*)::int as n from messages where status = 'sent'`.execute(stack.db);
-    if (rows[0]!.n === 0) return true;
+    // (past the horizon a message is not asked about any more: nothing to wait for)
+    const { rows } = await sql<{ n: number; next_ms: number | null }>`select count(*)::int as n,
+        (extract(epoch from max(greatest(updated_at + ${lease}::interval, updated_at + (updated_at - coalesce(sent_at, updated_at))))
+          filter (where sent_at > now() - ${horizon}::interval) - now()) * 1000)::float8 as next_ms
+      from messages where status = 'sent'`.execute(stack.db);
+    const { n, next_ms: nextMs } = rows[0]!;
+    if (n === 0) return true;
+    if (Date.now() >= until && (nextMs === null || nextMs + LOOKUP_MARGIN_MS < 0)) return true;
     await new Promise((r) => setTimeout(r, 500));
   }
   return true;
 }
+
+/** How long after its due time a look-up may take to happen (reconciliation runs each second, 200 messages at a time). */
+const LOOKUP_MARGIN_MS = 15_000;
 
 function faultCount(stats: Record<string, unknown>, deliveries: { eventId: string; attempt: number }[], stack: ChaosStack) {
   const s = stats as {
