@@ -73,6 +73,31 @@ describe('API flow control (admission)', () => {
     gate.close();
   });
 
+  it('a count that never comes back does not hold a request past its wait: it is refused on time', async () => {
+    // the first count answers (the backlog is full); every later one hangs, as a stuck database would
+    let counts = 0;
+    const gate = createAdmission(
+      async () => {
+        counts++;
+        if (counts === 1) return 2;
+        return new Promise<number>(() => {});
+      },
+      { limit: 2, maxWaitMs: 60, pollMs: 5 },
+    );
+    const started = Date.now();
+    const outcome = await Promise.race([
+      gate.enter('org_a').then(
+        () => 'admitted',
+        (e: unknown) => e,
+      ),
+      new Promise((r) => setTimeout(() => r('still waiting'), 1_000)),
+    ]);
+    expect(outcome).toMatchObject({ code: 'rate_limited', extra: { reason: 'backlog_full' } });
+    expect(Date.now() - started).toBeLessThan(500);
+    expect(counts).toBe(2);
+    gate.close();
+  });
+
   it("one organization's full backlog holds no other organization", async () => {
     const counts = new Map([['org_full', 5]]);
     const gate = createAdmission(async (org, limit) => Math.min(counts.get(org) ?? 0, limit), { limit: 5, maxWaitMs: 2_000, pollMs: 5 });

@@ -68,6 +68,8 @@ interface Waiter {
   resolve: (done: () => void) => void;
   reject: (err: unknown) => void;
   deadline: number;
+  /** Refuses the request at its deadline even while a count is still out (a slow or stuck database). */
+  timer: NodeJS.Timeout;
 }
 
 interface OrgState {
@@ -108,8 +110,12 @@ export function createAdmission(count: BacklogCounter, options: AdmissionOptions
   const release = (s: OrgState): void => {
     const now = Date.now();
     const full = backlogFull(maxWaitMs, limit);
-    s.waiters = s.waiters.filter((w) => (w.deadline <= now ? (w.reject(full), false) : true));
-    while (s.waiters.length > 0 && s.estimate < limit) s.waiters.shift()!.resolve(admit(s));
+    s.waiters = s.waiters.filter((w) => (w.deadline <= now ? (clearTimeout(w.timer), w.reject(full), false) : true));
+    while (s.waiters.length > 0 && s.estimate < limit) {
+      const w = s.waiters.shift()!;
+      clearTimeout(w.timer);
+      w.resolve(admit(s));
+    }
   };
 
   const recount = (organizationId: string, s: OrgState): void => {
@@ -163,7 +169,19 @@ export function createAdmission(count: BacklogCounter, options: AdmissionOptions
         return Promise.resolve(admit(s));
       }
       return new Promise<() => void>((resolve, reject) => {
-        s.waiters.push({ resolve, reject, deadline: now + maxWaitMs });
+        const waiter: Waiter = {
+          resolve,
+          reject,
+          deadline: now + maxWaitMs,
+          timer: setTimeout(() => {
+            const at = s.waiters.indexOf(waiter);
+            if (at === -1) return;
+            s.waiters.splice(at, 1);
+            reject(backlogFull(maxWaitMs, limit));
+          }, maxWaitMs),
+        };
+        waiter.timer.unref();
+        s.waiters.push(waiter);
         recount(organizationId, s);
       });
     },
@@ -172,7 +190,10 @@ export function createAdmission(count: BacklogCounter, options: AdmissionOptions
       for (const s of states.values()) {
         if (s.timer !== undefined) clearTimeout(s.timer);
         s.timer = undefined;
-        for (const w of s.waiters) w.reject(new DomainError('service_unavailable', 'The API is shutting down.'));
+        for (const w of s.waiters) {
+          clearTimeout(w.timer);
+          w.reject(new DomainError('service_unavailable', 'The API is shutting down.'));
+        }
         s.waiters = [];
       }
     },
