@@ -82,7 +82,7 @@ describe('API flow control (admission)', () => {
         if (counts === 1) return 2;
         return new Promise<number>(() => {});
       },
-      { limit: 2, maxWaitMs: 60, pollMs: 5 },
+      { limit: 2, maxWaitMs: 60, pollMs: 5, countTimeoutMs: 200 },
     );
     const started = Date.now();
     const outcome = await Promise.race([
@@ -95,6 +95,9 @@ describe('API flow control (admission)', () => {
     expect(outcome).toMatchObject({ code: 'rate_limited', extra: { reason: 'backlog_full' } });
     expect(Date.now() - started).toBeLessThan(500);
     expect(counts).toBe(2);
+    // the hung count is given up after countTimeoutMs: as a failed count, it lets requests through
+    await new Promise((r) => setTimeout(r, 250));
+    await expect(gate.enter('org_a')).resolves.toBeTypeOf('function');
     gate.close();
   });
 

@@ -30,8 +30,10 @@ import { DomainError } from '../shared/errors.ts';
  * what it admits since; with several API processes the backlog can reach
  * their number times the limit. The count is renewed every `pollMs` while
  * requests wait or the backlog is past half the limit, else every second.
- * A count that fails lets requests through: flow control is never the
- * reason a message is refused when the database would take it.
+ * A count that fails, or has not come back after `countTimeoutMs`, lets
+ * requests through: flow control is never the reason a message is refused
+ * when the database would take it. A waiting request is refused at its
+ * deadline whether or not a count is out.
  */
 export interface AdmissionOptions {
   /** The backlog per organization above which requests wait; 0 turns flow control off. */
@@ -40,6 +42,8 @@ export interface AdmissionOptions {
   maxWaitMs: number;
   /** How often the backlog is counted again while requests wait. */
   pollMs?: number;
+  /** A count that has not come back by then counts as failed (lets requests through). */
+  countTimeoutMs?: number;
 }
 
 export interface Admission {
@@ -94,6 +98,7 @@ export function backlogFull(maxWaitMs: number, limit: number): DomainError {
 export function createAdmission(count: BacklogCounter, options: AdmissionOptions): Admission {
   const { limit, maxWaitMs } = options;
   const pollMs = options.pollMs ?? 20;
+  const countTimeoutMs = options.countTimeoutMs ?? 2_000;
   const states = new Map<string, OrgState>();
   let closed = false;
 
@@ -121,7 +126,12 @@ export function createAdmission(count: BacklogCounter, options: AdmissionOptions
   const recount = (organizationId: string, s: OrgState): void => {
     if (s.counting || s.timer !== undefined || closed) return;
     s.counting = true;
-    count(organizationId, limit).then(
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('backlog count timed out')), countTimeoutMs);
+      timer.unref();
+    });
+    Promise.race([count(organizationId, limit), timedOut]).then(
       (n) => {
         // inserts still running may have committed after the count's snapshot: counted as not seen
         s.estimate = n + s.storing;
@@ -133,6 +143,7 @@ export function createAdmission(count: BacklogCounter, options: AdmissionOptions
         s.countedAt = Date.now();
       },
     ).finally(() => {
+      clearTimeout(timer);
       s.counting = false;
       release(s);
       if (s.waiters.length > 0 && !closed) {
