@@ -93,7 +93,7 @@ describe('an outcome step rolled back for a deadlock', () => {
     const [id] = await newMessages(1);
     const deadlock = () => Object.assign(new Error('deadlock detected'), { code: '40P01' });
     // the outcome step's own look-up of what the carrier has, failed once
-    const flaky = failing("r.state = 'open'", deadlock, 1);
+    const flaky = failing('select r.state from credit_reservations r where r.id = m.reservation_id', deadlock, 1);
     try {
       await sendBatch({ ...p.sendDeps, db: flaky.db }, [id!]);
     } finally {
@@ -113,7 +113,7 @@ describe('an outcome step rolled back for a deadlock', () => {
 
   it('a failure that is not a deadlock is not retried: the batch stays sending for reconciliation', async () => {
     const [id] = await newMessages(1);
-    const broken = failing("r.state = 'open'", () => new Error('disk full'), 1);
+    const broken = failing('select r.state from credit_reservations r where r.id = m.reservation_id', () => new Error('disk full'), 1);
     try {
       await expect(sendBatch({ ...p.sendDeps, db: broken.db }, [id!])).rejects.toThrow('disk full');
     } finally {

@@ -362,11 +362,13 @@ async function record(deps: SendDeps, attempts: readonly Attempt[]): Promise<voi
     // Every message of the batch the carrier has: accepted just now, or
     // already moved on by a status callback (callbacks leave capture to this
     // step, even when our own call timed out).
-    // (`is true`: the reservation is found by its key, never through the partial
-    // index of every open reservation, which a plan made on young tables chose)
+    // Their reservation still open: looked up by its key, one per message, in a
+    // sub-select the planner cannot turn into a join. As a join, a plan made while
+    // the reservations were few read every open one through their partial index,
+    // or the whole primary key, for each batch from then on.
     const { rows: carried } = await sql<store.MessageRow>`select m.* from messages m
-      join credit_reservations r on r.id = m.reservation_id and (r.state = 'open') is true
-      where m.id = any(${attempts.map((a) => a.message.id)}::text[]) and m.status in ('sent', 'delivered', 'undelivered')`.execute(trx);
+      where m.id = any(${attempts.map((a) => a.message.id)}::text[]) and m.status in ('sent', 'delivered', 'undelivered')
+        and (select r.state from credit_reservations r where r.id = m.reservation_id) = 'open'`.execute(trx);
     const carriedIds = new Set(carried.map((m) => m.id));
     for (const { m, carrierSegments } of extraSegments.filter((e) => movedAccepted.has(e.m.id) || carriedIds.has(e.m.id))) {
       // The carrier counted more segments than we priced: charge the difference
