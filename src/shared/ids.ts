@@ -49,19 +49,51 @@ function randomChars(): string {
   return out;
 }
 
-/**
- * A prefixed, time-sortable identifier: `<prefix>_<10 chars time><16 chars random>`.
- * Ids made later sort after ids made earlier (to the millisecond), which lets
- * lists paginate by id with a stable order.
- */
-export function newId(prefix: IdPrefix, now: number = Date.now()): string {
+function timePart(now: number): string {
   let time = '';
   let t = now;
   for (let i = 0; i < 10; i++) {
     time = ALPHABET[t % 32] + time;
     t = Math.floor(t / 32);
   }
-  return `${prefix}_${time}${randomChars()}`;
+  return time;
+}
+
+/** The next base32 string of the same length (the random part plus one); wraps at the top. */
+export function incrementBase32(value: string): string {
+  const chars = value.split('');
+  for (let i = chars.length - 1; i >= 0; i--) {
+    const d = ALPHABET.indexOf(chars[i]!);
+    if (d < 31) {
+      chars[i] = ALPHABET[d + 1]!;
+      return chars.join('');
+    }
+    chars[i] = ALPHABET[0]!;
+  }
+  return chars.join('');
+}
+
+// The last id's time and random part in this process: ids made within one
+// millisecond (or while the clock stepped back) take the last time and the
+// next random part, so that they sort in the order they were made.
+let lastTime = -1;
+let lastRandom = '';
+
+/**
+ * A prefixed, time-sortable identifier: `<prefix>_<10 chars time><16 chars random>`.
+ * Within one process, an id made later sorts after every id made before it,
+ * within a millisecond too (two contacts created in the same millisecond
+ * were listed in either order), which lets lists paginate by id in the
+ * order things were made.
+ */
+export function newId(prefix: IdPrefix, now: number = Date.now()): string {
+  if (now <= lastTime) {
+    lastRandom = incrementBase32(lastRandom);
+  } else {
+    lastTime = now;
+    lastRandom = randomChars();
+  }
+  return `${prefix}_${timePart(lastTime)}${lastRandom}`;
 }
 
 /**
@@ -72,14 +104,13 @@ export function newId(prefix: IdPrefix, now: number = Date.now()): string {
  * messages an exact prefix of its recipients.
  */
 export function orderedId(prefix: IdPrefix, stem: string, n: number, now: number = Date.now()): string {
-  const base = newId(prefix, now);
   let tail = '';
   let v = n;
   for (let i = 0; i < 10; i++) {
     tail = ALPHABET[v % 32] + tail;
     v = Math.floor(v / 32);
   }
-  return `${base.slice(0, prefix.length + 11)}${stem.slice(0, 6).padEnd(6, '0')}${tail}`;
+  return `${prefix}_${timePart(now)}${stem.slice(0, 6).padEnd(6, '0')}${tail}`;
 }
 
 const ID_RE = /^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$/;
