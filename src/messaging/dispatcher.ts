@@ -61,9 +61,24 @@ export async function startDispatcher(options: { pool: pg.Pool; db: Db; log: Log
   const { pool, db, log } = options;
   const running = new Map<string, Promise<void>>();
   const again = new Set<string>();
-  let client: pg.PoolClient | undefined;
+  // the listening connection; `released` once it went back to the pool (a
+  // connection can emit several errors, and stop() may race with one: it is
+  // released exactly once, or pg-pool throws an uncaught exception)
+  let client: { c: pg.PoolClient; released: boolean } | undefined;
   let stopped = false;
   let reconnect: NodeJS.Timeout | undefined;
+
+  const release = (conn: { c: pg.PoolClient; released: boolean }, err?: Error): void => {
+    if (conn.released) return;
+    conn.released = true;
+    conn.c.release(err);
+    if (client === conn) client = undefined;
+  };
+  const retry = (): void => {
+    if (stopped) return;
+    clearTimeout(reconnect);
+    reconnect = setTimeout(() => void listen(), 1_000);
+  };
 
   const run = (org: string): void => {
     if (stopped) return;
@@ -87,22 +102,28 @@ export async function startDispatcher(options: { pool: pg.Pool; db: Db; log: Log
   };
 
   const listen = async (): Promise<void> => {
+    let conn: { c: pg.PoolClient; released: boolean } | undefined;
     try {
       const c = await pool.connect();
+      const mine = { c, released: false };
+      conn = mine;
       c.on('notification', (msg) => {
         if (msg.channel === CHANNEL && msg.payload) run(msg.payload);
       });
       c.on('error', (err) => {
+        if (mine.released) return;
         log.warn({ err }, 'dispatch listener lost its connection; reconnecting');
-        c.release(err);
-        client = undefined;
-        if (!stopped) reconnect = setTimeout(() => void listen(), 1_000);
+        release(mine, err);
+        retry();
       });
       await c.query(`LISTEN ${CHANNEL}`);
-      client = c;
+      if (mine.released) return; // lost while listening: its error handler retries
+      if (stopped) return release(mine);
+      client = mine;
     } catch (err) {
       log.warn({ err }, 'dispatch listener could not connect; retrying');
-      if (!stopped) reconnect = setTimeout(() => void listen(), 1_000);
+      if (conn !== undefined) release(conn, err as Error);
+      retry();
     }
   };
   await listen();
@@ -111,10 +132,10 @@ export async function startDispatcher(options: { pool: pg.Pool; db: Db; log: Log
     stop: async () => {
       stopped = true;
       clearTimeout(reconnect);
-      if (client) {
-        await client.query(`UNLISTEN ${CHANNEL}`).catch(() => {});
-        client.release();
-        client = undefined;
+      const conn = client;
+      if (conn) {
+        await conn.c.query(`UNLISTEN ${CHANNEL}`).catch(() => {});
+        release(conn);
       }
       await Promise.allSettled([...running.values()]);
     },
