@@ -71,8 +71,7 @@ const MAX_IDLE_STATES = 10_000;
 interface Waiter {
   resolve: (done: () => void) => void;
   reject: (err: unknown) => void;
-  deadline: number;
-  /** Refuses the request at its deadline even while a count is still out (a slow or stuck database). */
+  /** Refuses the request at its deadline, whether or not a count is out (a slow or stuck database). */
   timer: NodeJS.Timeout;
 }
 
@@ -113,9 +112,6 @@ export function createAdmission(count: BacklogCounter, options: AdmissionOptions
   };
 
   const release = (s: OrgState): void => {
-    const now = Date.now();
-    const full = backlogFull(maxWaitMs, limit);
-    s.waiters = s.waiters.filter((w) => (w.deadline <= now ? (clearTimeout(w.timer), w.reject(full), false) : true));
     while (s.waiters.length > 0 && s.estimate < limit) {
       const w = s.waiters.shift()!;
       clearTimeout(w.timer);
@@ -183,7 +179,6 @@ export function createAdmission(count: BacklogCounter, options: AdmissionOptions
         const waiter: Waiter = {
           resolve,
           reject,
-          deadline: now + maxWaitMs,
           timer: setTimeout(() => {
             const at = s.waiters.indexOf(waiter);
             if (at === -1) return;

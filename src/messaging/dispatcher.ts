@@ -57,18 +57,23 @@ export interface Dispatcher {
   stop(): Promise<void>;
 }
 
+/** A listening connection; `released` once it went back to the pool. */
+interface Listening {
+  c: pg.PoolClient;
+  released: boolean;
+}
+
 export async function startDispatcher(options: { pool: pg.Pool; db: Db; log: Logger; gatherMs?: number }): Promise<Dispatcher> {
   const { pool, db, log } = options;
   const running = new Map<string, Promise<void>>();
   const again = new Set<string>();
-  // the listening connection; `released` once it went back to the pool (a
-  // connection can emit several errors, and stop() may race with one: it is
-  // released exactly once, or pg-pool throws an uncaught exception)
-  let client: { c: pg.PoolClient; released: boolean } | undefined;
+  // a connection can emit several errors, and stop() may race with one: it is
+  // released exactly once, or pg-pool throws an uncaught exception
+  let client: Listening | undefined;
   let stopped = false;
   let reconnect: NodeJS.Timeout | undefined;
 
-  const release = (conn: { c: pg.PoolClient; released: boolean }, err?: Error): void => {
+  const release = (conn: Listening, err?: Error): void => {
     if (conn.released) return;
     conn.released = true;
     conn.c.release(err);
@@ -102,10 +107,10 @@ export async function startDispatcher(options: { pool: pg.Pool; db: Db; log: Log
   };
 
   const listen = async (): Promise<void> => {
-    let conn: { c: pg.PoolClient; released: boolean } | undefined;
+    let conn: Listening | undefined;
     try {
       const c = await pool.connect();
-      const mine = { c, released: false };
+      const mine: Listening = { c, released: false };
       conn = mine;
       c.on('notification', (msg) => {
         if (msg.channel === CHANNEL && msg.payload) run(msg.payload);

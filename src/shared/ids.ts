@@ -49,15 +49,18 @@ function randomChars(): string {
   return out;
 }
 
-function timePart(now: number): string {
-  let time = '';
-  let t = now;
-  for (let i = 0; i < 10; i++) {
-    time = ALPHABET[t % 32] + time;
-    t = Math.floor(t / 32);
+/** `value` in base32, `width` characters, zero-padded (the time part, an ordered id's position). */
+function base32(value: number, width: number): string {
+  let out = '';
+  let v = value;
+  for (let i = 0; i < width; i++) {
+    out = ALPHABET[v % 32] + out;
+    v = Math.floor(v / 32);
   }
-  return time;
+  return out;
 }
+
+const timePart = (now: number): string => base32(now, 10);
 
 /** The next base32 string of the same length (the random part plus one); wraps at the top. */
 export function incrementBase32(value: string): string {
@@ -104,13 +107,7 @@ export function newId(prefix: IdPrefix, now: number = Date.now()): string {
  * messages an exact prefix of its recipients.
  */
 export function orderedId(prefix: IdPrefix, stem: string, n: number, now: number = Date.now()): string {
-  let tail = '';
-  let v = n;
-  for (let i = 0; i < 10; i++) {
-    tail = ALPHABET[v % 32] + tail;
-    v = Math.floor(v / 32);
-  }
-  return `${prefix}_${timePart(now)}${stem.slice(0, 6).padEnd(6, '0')}${tail}`;
+  return `${prefix}_${timePart(now)}${stem.slice(0, 6).padEnd(6, '0')}${base32(n, 10)}`;
 }
 
 const ID_RE = /^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$/;
